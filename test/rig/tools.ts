@@ -1,0 +1,64 @@
+// Where the rig's real components live. Versions and the cache location have one source,
+// scripts/rig/versions.sh, which scripts/rig/install-tools.sh uses to build them.
+import { accessSync, constants, readFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const projectRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+const versionsFile = join(projectRoot, 'scripts/rig/versions.sh');
+
+function versionOf(variable: string): string {
+  const match = new RegExp(`^${variable}=(\\S+)$`, 'm').exec(readFileSync(versionsFile, 'utf8'));
+  if (!match?.[1]) throw new Error(`${versionsFile} does not define ${variable}`);
+  return match[1];
+}
+
+export const versions = {
+  kubernetes: versionOf('LVP_KUBERNETES_VERSION'),
+  etcd: versionOf('LVP_ETCD_VERSION'),
+  minio: versionOf('LVP_MINIO_VERSION'),
+};
+
+export function toolsDir(): string {
+  return (
+    process.env.LVP_TOOLS_DIR ??
+    join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'libvirt-volume-provisioner')
+  );
+}
+
+/** Where every rig process records its PID while it runs; see scripts/test.sh. */
+export function pidRegistryDir(): string {
+  return process.env.LVP_RIG_PID_DIR ?? join(tmpdir(), 'lvp-rig-pids');
+}
+
+function executable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const installHint = 'run `bash scripts/rig/install-tools.sh` (npm test does this)';
+
+/** A Go-built component: KUBEBUILDER_ASSETS first, as controller-runtime users expect, then the cache. */
+export function goTool(name: 'kube-apiserver' | 'etcd' | 'kubectl' | 'minio'): string {
+  const assets = process.env.KUBEBUILDER_ASSETS;
+  if (assets && name !== 'minio' && executable(join(assets, name))) return join(assets, name);
+  const version = name === 'etcd' ? versions.etcd : name === 'minio' ? versions.minio : versions.kubernetes;
+  const path = join(toolsDir(), 'bin', `${name}-${version}`, name);
+  if (!executable(path)) throw new Error(`${name} ${version} is not installed at ${path}; ${installHint}`);
+  return path;
+}
+
+/** A component from Debian's packages, looked up on PATH plus the sbin directories. */
+export function systemTool(name: string): string {
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin', '/usr/bin'];
+  for (const dir of dirs) {
+    if (dir && executable(join(dir, name))) return join(dir, name);
+  }
+  throw new Error(`${name} is not installed; ${installHint}`);
+}
