@@ -7,6 +7,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { makeServerCertificate } from './certs.ts';
 import { freePort, httpStatus, waitUntil } from './net.ts';
 import { ManagedProcess } from './processes.ts';
 import { goTool, systemTool } from './tools.ts';
@@ -22,6 +23,8 @@ export interface KubeControlPlane {
   adminConfig(): KubeConfig;
   /** A kubeconfig that authenticates as the ServiceAccount, which is created if missing. */
   serviceAccountKubeconfig(namespace: string, name: string): Promise<string>;
+  /** Requests the API server has served so far, from its audit log (level Metadata). */
+  auditEvents(): AuditEvent[];
   /** Runs the rig's kubectl against this cluster as admin (or with `kubeconfig`). */
   kubectl(args: readonly string[], kubeconfig?: string): Promise<{ stdout: string; stderr: string }>;
   stopApiserver(): Promise<void>;
@@ -29,64 +32,12 @@ export interface KubeControlPlane {
   stop(): Promise<void>;
 }
 
-async function writeCertificates(
-  dir: string,
-): Promise<{ ca: string; cert: string; key: string; saKey: string }> {
-  const openssl = systemTool('openssl');
-  const file = (name: string) => join(dir, name);
-  const days = '3650';
-  await run(openssl, [
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-days',
-    days,
-    '-subj',
-    '/CN=lvp-rig-ca',
-    '-keyout',
-    file('ca.key'),
-    '-out',
-    file('ca.crt'),
-  ]);
-  await run(openssl, [
-    'req',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-subj',
-    '/CN=kube-apiserver',
-    '-keyout',
-    file('apiserver.key'),
-    '-out',
-    file('apiserver.csr'),
-  ]);
-  writeFileSync(file('san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n');
-  await run(openssl, [
-    'x509',
-    '-req',
-    '-in',
-    file('apiserver.csr'),
-    '-CA',
-    file('ca.crt'),
-    '-CAkey',
-    file('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    days,
-    '-extfile',
-    file('san.ext'),
-    '-out',
-    file('apiserver.crt'),
-  ]);
-  await run(openssl, ['genrsa', '-out', file('sa.key'), '2048']);
-  return {
-    ca: file('ca.crt'),
-    cert: file('apiserver.crt'),
-    key: file('apiserver.key'),
-    saKey: file('sa.key'),
-  };
+export interface AuditEvent {
+  verb: string;
+  requestURI: string;
+  user: { username: string };
+  objectRef?: { resource?: string; subresource?: string; namespace?: string; name?: string };
+  responseStatus?: { code?: number };
 }
 
 function kubeconfigJson(server: string, caFile: string, user: string, token: string): string {
@@ -102,7 +53,12 @@ function kubeconfigJson(server: string, caFile: string, user: string, token: str
 
 export async function startKubeControlPlane(workDir: string): Promise<KubeControlPlane> {
   mkdirSync(workDir, { recursive: true });
-  const certs = await writeCertificates(workDir);
+  const certs = await makeServerCertificate(workDir, {
+    commonName: 'kube-apiserver',
+    dnsNames: ['kubernetes.default.svc'],
+  });
+  const saKey = join(workDir, 'sa.key');
+  await run(systemTool('openssl'), ['genrsa', '-out', saKey, '2048']);
   const adminToken = randomBytes(24).toString('hex');
   const tokenFile = join(workDir, 'tokens.csv');
   writeFileSync(tokenFile, `${adminToken},rig-admin,rig-admin,"system:masters"\n`, { mode: 0o600 });
@@ -136,7 +92,20 @@ export async function startKubeControlPlane(workDir: string): Promise<KubeContro
   const server = `https://127.0.0.1:${port}`;
   const kubeconfigPath = join(workDir, 'admin.kubeconfig');
   writeFileSync(kubeconfigPath, kubeconfigJson(server, certs.ca, 'rig-admin', adminToken), { mode: 0o600 });
+  const auditLog = join(workDir, 'audit.log');
+  writeFileSync(
+    join(workDir, 'audit-policy.json'),
+    JSON.stringify({
+      apiVersion: 'audit.k8s.io/v1',
+      kind: 'Policy',
+      omitStages: ['RequestReceived'],
+      rules: [{ level: 'Metadata' }],
+    }),
+  );
   const apiserverArgs = [
+    `--audit-policy-file=${join(workDir, 'audit-policy.json')}`,
+    `--audit-log-path=${auditLog}`,
+    '--audit-log-mode=blocking',
     `--etcd-servers=${etcdUrl}`,
     '--bind-address=127.0.0.1',
     '--advertise-address=127.0.0.1',
@@ -146,8 +115,8 @@ export async function startKubeControlPlane(workDir: string): Promise<KubeContro
     `--tls-private-key-file=${certs.key}`,
     '--service-cluster-ip-range=10.0.0.0/24',
     '--service-account-issuer=https://kubernetes.default.svc',
-    `--service-account-key-file=${certs.saKey}`,
-    `--service-account-signing-key-file=${certs.saKey}`,
+    `--service-account-key-file=${saKey}`,
+    `--service-account-signing-key-file=${saKey}`,
     '--authorization-mode=RBAC',
     `--token-auth-file=${tokenFile}`,
     '--disable-admission-plugins=ServiceAccount',
@@ -221,9 +190,23 @@ export async function startKubeControlPlane(workDir: string): Promise<KubeContro
     throw error;
   }
 
+  const auditEvents = (): AuditEvent[] => {
+    let text = '';
+    try {
+      text = readFileSync(auditLog, 'utf8');
+    } catch {
+      return [];
+    }
+    return text
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .map((line) => JSON.parse(line) as AuditEvent);
+  };
+
   return {
     server,
     caFile: certs.ca,
+    auditEvents,
     kubeconfigPath,
     workDir,
     adminConfig,

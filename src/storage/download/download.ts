@@ -1,0 +1,409 @@
+// Downloads one image into a folder: stat, space check, a streamed and hashed transfer into a
+// partial file that resumes after faults, verification, then an atomic rename into place.
+import { randomBytes } from 'node:crypto';
+import { type FileHandle, open, rename, rm, statfs } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { addAbortSignal } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { SourceCredentials } from '../../pipeline/types.ts';
+import { PipelineError } from '../../pipeline/types.ts';
+import { type BackoffPolicy, backoffDelay } from '../../util/backoff.ts';
+import { type ExpectedChecksum, parseChecksum, StreamingDigests } from './checksum.ts';
+import { HttpSource } from './httpSource.ts';
+import { ddPageCache, type PageCache } from './pageCache.ts';
+import { DownloadReason } from './reasons.ts';
+import { S3Source } from './s3Source.ts';
+import { errorCode, type ObjectInfo, type ObjectSource } from './source.ts';
+import { parseS3Endpoint, parseSourceUrl, type S3Endpoint } from './url.ts';
+
+/** Temporary files start with this; anything so named in the cache after a crash is garbage. */
+/** Backoff between transfer retries, and how many faults in a row without progress end it. */
+export interface RetryPolicy extends BackoffPolicy {
+  maxRetries: number;
+}
+
+export const PARTIAL_FILE_PREFIX = '.partial-';
+/** The old service's margin: the image plus 5 % must fit before a download starts. */
+export const FREE_SPACE_FACTOR = 1.05;
+
+export interface DownloaderConfig {
+  /** The endpoint `s3://bucket/key` URLs refer to, e.g. `https://minio.storage:9000`. */
+  s3Endpoint?: { url: string; region?: string };
+  retry?: Partial<RetryPolicy>;
+  /** A transfer that receives no byte for this long is cut and resumed. Default 60 s. */
+  stallTimeoutMs?: number;
+  /** The progress callback runs at most this often (plus at start and end). Default 1 s. */
+  progressIntervalMs?: number;
+  /** fsync (and page cache eviction) after every this many bytes. Default 64 MiB. */
+  syncIntervalBytes?: number;
+  /** Default: GNU dd; see pageCache.ts. */
+  pageCache?: PageCache;
+}
+
+export interface DownloadSource {
+  /** `s3://bucket/key` or `http(s)://...`; see parseSourceUrl. */
+  url: string;
+  credentials?: SourceCredentials;
+  /** `sha256:<hex>` or `sha512:<hex>`; wins over a `<key>.sha256` object. */
+  checksum?: string;
+}
+
+export interface DownloadProgress {
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export interface DownloadOptions {
+  /** The final file; its folder holds the partial file too, so the rename is atomic. */
+  destinationPath: string;
+  /** Aborting rejects with `signal.reason` promptly and removes the partial file. */
+  signal: AbortSignal;
+  /** Called synchronously from the transfer; it must not throw. */
+  onProgress?: (progress: DownloadProgress) => void;
+}
+
+export interface DownloadResult {
+  path: string;
+  sizeBytes: number;
+  /** Of the content, whatever checksum was verified. */
+  sha256: string;
+}
+
+export interface SourceStat {
+  /** The source as messages name it, without secrets. */
+  description: string;
+  sizeBytes: number;
+  /** What the download will verify: the spec's checksum, else the `.sha256` object, else none. */
+  expectedChecksum?: ExpectedChecksum;
+}
+
+export interface Downloader {
+  stat(source: DownloadSource, signal: AbortSignal): Promise<SourceStat>;
+  download(source: DownloadSource, options: DownloadOptions): Promise<DownloadResult>;
+}
+
+interface Settings {
+  s3Endpoint: S3Endpoint | undefined;
+  retry: RetryPolicy;
+  stallTimeoutMs: number;
+  progressIntervalMs: number;
+  syncIntervalBytes: number;
+  pageCache: PageCache;
+}
+
+const DEFAULT_RETRY: RetryPolicy = { maxRetries: 5, baseMs: 1_000, maxMs: 30_000 };
+
+export function isPartialFile(name: string): boolean {
+  return basename(name).startsWith(PARTIAL_FILE_PREFIX);
+}
+
+/** Validates the configuration (a bad S3 endpoint throws here, at start-up). */
+export function createDownloader(config: DownloaderConfig = {}): Downloader {
+  const settings: Settings = {
+    s3Endpoint: config.s3Endpoint && parseS3Endpoint(config.s3Endpoint.url, config.s3Endpoint.region),
+    retry: { ...DEFAULT_RETRY, ...config.retry },
+    stallTimeoutMs: config.stallTimeoutMs ?? 60_000,
+    progressIntervalMs: config.progressIntervalMs ?? 1_000,
+    syncIntervalBytes: config.syncIntervalBytes ?? 64 * 1024 * 1024,
+    pageCache: config.pageCache ?? ddPageCache(),
+  };
+  return {
+    async stat(source, signal) {
+      const { objectSource, info, expected } = await statSource(source, signal, settings);
+      return {
+        description: objectSource.description,
+        sizeBytes: info.sizeBytes,
+        ...(expected ? { expectedChecksum: expected } : {}),
+      };
+    },
+    download: (source, options) => download(source, options, settings),
+  };
+}
+
+function objectSourceFor(source: DownloadSource, s3Endpoint: S3Endpoint | undefined): ObjectSource {
+  const { accessKeyId, secretKey, caBundle } = source.credentials ?? {};
+  const location = parseSourceUrl(source.url, {
+    ...(s3Endpoint ? { s3Endpoint } : {}),
+    hasS3Credentials: accessKeyId !== undefined || secretKey !== undefined,
+  });
+  return location.kind === 's3'
+    ? new S3Source(location, source.credentials)
+    : new HttpSource(location.url, caBundle);
+}
+
+async function statSource(source: DownloadSource, signal: AbortSignal, settings: Settings) {
+  signal.throwIfAborted();
+  const objectSource = objectSourceFor(source, settings.s3Endpoint);
+  const specChecksum = source.checksum === undefined ? undefined : parseChecksum(source.checksum);
+  const info = await withRetries(
+    () => objectSource.stat({ signal, withSidecar: specChecksum === undefined }),
+    () => 0,
+    { ...settings, signal, description: objectSource.description },
+  );
+  return { objectSource, info, expected: specChecksum ?? info.sidecar };
+}
+
+async function download(
+  source: DownloadSource,
+  { destinationPath, signal, onProgress }: DownloadOptions,
+  settings: Settings,
+): Promise<DownloadResult> {
+  const { objectSource, info, expected } = await statSource(source, signal, settings);
+  const folder = dirname(destinationPath);
+  await ensureFreeSpace(folder, info.sizeBytes, objectSource.description);
+
+  const tempPath = join(folder, `${PARTIAL_FILE_PREFIX}${randomBytes(8).toString('hex')}`);
+  const file = await onDisk(folder, () => open(tempPath, 'wx', 0o644));
+  let closed = false;
+  try {
+    const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, onProgress);
+    await withRetries(
+      () => transfer.attempt(signal),
+      () => transfer.bytesDone,
+      { ...settings, signal, description: objectSource.description },
+    );
+    const { sha256 } = transfer.verify();
+    await onDisk(folder, async () => {
+      await file.sync();
+      await settings.pageCache.evict(tempPath);
+      await file.close();
+      closed = true;
+      await rename(tempPath, destinationPath);
+      await fsyncFolder(folder);
+    });
+    return { path: destinationPath, sizeBytes: info.sizeBytes, sha256 };
+  } catch (error) {
+    if (!closed) await file.close().catch(() => {});
+    await rm(tempPath, { force: true });
+    throw error;
+  }
+}
+
+class StallError extends Error {
+  constructor(timeoutMs: number) {
+    super(`no bytes received for ${timeoutMs} ms`);
+    this.name = 'StallError';
+  }
+}
+
+/**
+ * Runs `operation` until it succeeds, retrying transient faults (not PipelineErrors) with
+ * backoff. Only faults in a row that made no progress count against the limit, so a long
+ * download over a flaky link still finishes.
+ */
+async function withRetries<T>(
+  operation: () => Promise<T>,
+  progress: () => number,
+  context: { retry: RetryPolicy; signal: AbortSignal; description: string },
+): Promise<T> {
+  const { retry, signal, description } = context;
+  let failures = 0;
+  for (;;) {
+    const before = progress();
+    try {
+      return await operation();
+    } catch (error) {
+      signal.throwIfAborted();
+      if (error instanceof PipelineError) throw error;
+      failures = progress() > before ? 1 : failures + 1;
+      if (failures > retry.maxRetries) throw gaveUp(error, description, failures);
+      await sleep(backoffDelay(failures, retry), undefined, { signal }).catch(() => signal.throwIfAborted());
+    }
+  }
+}
+
+function gaveUp(error: unknown, description: string, attempts: number): PipelineError {
+  const detail = error instanceof Error ? error.message : String(error);
+  const reason =
+    error instanceof StallError ? DownloadReason.DownloadStalled : DownloadReason.SourceUnavailable;
+  return new PipelineError(
+    reason,
+    `${description}: ${detail} (gave up after ${attempts} attempts in a row)`,
+    {
+      terminal: false,
+      cause: error,
+    },
+  );
+}
+
+function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
+/**
+ * Not terminal: the cache evicts old entries and operators free space, so a later retry can
+ * succeed without any change to the object.
+ */
+async function ensureFreeSpace(folder: string, sizeBytes: number, description: string): Promise<void> {
+  const { bavail, bsize } = await onDisk(folder, () => statfs(folder));
+  const free = bavail * bsize;
+  const needed = Math.ceil(sizeBytes * FREE_SPACE_FACTOR);
+  if (free < needed)
+    throw new PipelineError(
+      DownloadReason.InsufficientCacheSpace,
+      `${description} is ${formatBytes(sizeBytes)}; the download needs ${formatBytes(needed)} free in ${folder}, which has ${formatBytes(free)}`,
+      { terminal: false },
+    );
+}
+
+/**
+ * Disk errors become PipelineErrors, so that the retry loop does not take them for network
+ * faults: a full disk says so, anything else names the folder.
+ */
+async function onDisk<T>(folder: string, operation: () => Promise<T>): Promise<T> {
+  try {
+    return await operation();
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    const full = errorCode(error) === 'ENOSPC' || errorCode(error) === 'EDQUOT';
+    throw new PipelineError(
+      full ? DownloadReason.InsufficientCacheSpace : DownloadReason.CacheWriteFailed,
+      `writing into ${folder} failed: ${detail}`,
+      { terminal: false, cause: error },
+    );
+  }
+}
+
+/** Makes the rename durable: the new directory entry is on disk, not just the data. */
+async function fsyncFolder(folder: string): Promise<void> {
+  const handle = await open(folder, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Calls back at most every `intervalMs`, and always for the first and the last byte. */
+class ProgressThrottle {
+  readonly #callback: ((progress: DownloadProgress) => void) | undefined;
+  readonly #bytesTotal: number;
+  readonly #intervalMs: number;
+  #lastAt = Number.NEGATIVE_INFINITY;
+
+  constructor(bytesTotal: number, intervalMs: number, callback?: (progress: DownloadProgress) => void) {
+    this.#callback = callback;
+    this.#bytesTotal = bytesTotal;
+    this.#intervalMs = intervalMs;
+  }
+
+  report(bytesDone: number): void {
+    if (!this.#callback) return;
+    const now = performance.now();
+    if (bytesDone !== this.#bytesTotal && now - this.#lastAt < this.#intervalMs) return;
+    this.#lastAt = now;
+    this.#callback({ bytesDone, bytesTotal: this.#bytesTotal });
+  }
+}
+
+/** The state of one download that outlives its attempts: bytes on disk and the hash so far. */
+class Transfer {
+  bytesDone = 0;
+  readonly #source: ObjectSource;
+  readonly #info: ObjectInfo;
+  readonly #expected: ExpectedChecksum | undefined;
+  readonly #file: FileHandle;
+  readonly #path: string;
+  readonly #settings: Settings;
+  readonly #progress: ProgressThrottle;
+  #digests: StreamingDigests;
+  #syncedAt = 0;
+
+  constructor(
+    source: ObjectSource,
+    info: ObjectInfo,
+    expected: ExpectedChecksum | undefined,
+    file: FileHandle,
+    path: string,
+    settings: Settings,
+    onProgress?: (progress: DownloadProgress) => void,
+  ) {
+    this.#source = source;
+    this.#info = info;
+    this.#expected = expected;
+    this.#file = file;
+    this.#path = path;
+    this.#settings = settings;
+    this.#digests = new StreamingDigests(expected);
+    this.#progress = new ProgressThrottle(info.sizeBytes, settings.progressIntervalMs, onProgress);
+    this.#progress.report(0);
+  }
+
+  /** Fetches from `bytesDone` to the end; throws when cut, stalled or aborted. */
+  async attempt(userSignal: AbortSignal): Promise<void> {
+    const { stallTimeoutMs } = this.#settings;
+    const stall = new AbortController();
+    const signal = AbortSignal.any([userSignal, stall.signal]);
+    // The watchdog runs while waiting for the network, from the request until the last byte.
+    const watchdog = setTimeout(() => stall.abort(new StallError(stallTimeoutMs)), stallTimeoutMs);
+    try {
+      const { body, offset } = await this.#source.open(this.bytesDone, this.#info, signal);
+      if (offset !== this.bytesDone) await this.#restart();
+      addAbortSignal(signal, body);
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        watchdog.refresh();
+        await this.#write(chunk);
+        watchdog.refresh();
+      }
+    } catch (error) {
+      if (stall.signal.aborted && !userSignal.aborted) throw stall.signal.reason;
+      throw error;
+    } finally {
+      clearTimeout(watchdog);
+    }
+    if (this.bytesDone < this.#info.sizeBytes)
+      throw new Error(`connection closed after ${this.bytesDone} of ${this.#info.sizeBytes} bytes`);
+  }
+
+  /** Checks the byte count, then the checksum; returns the content's sha256. */
+  verify(): { sha256: string } {
+    if (this.bytesDone !== this.#info.sizeBytes)
+      throw new PipelineError(
+        DownloadReason.SourceChanged,
+        `${this.#source.description}: received ${this.bytesDone} bytes, the object has ${this.#info.sizeBytes}`,
+        { terminal: false },
+      );
+    return this.#digests.verify(this.#expected);
+  }
+
+  async #write(chunk: Buffer): Promise<void> {
+    if (this.bytesDone + chunk.length > this.#info.sizeBytes) {
+      throw new PipelineError(
+        DownloadReason.SourceChanged,
+        `${this.#source.description} sent more than the ${this.#info.sizeBytes} bytes it announced`,
+        { terminal: false },
+      );
+    }
+    await onDisk(dirname(this.#path), async () => {
+      let written = 0;
+      while (written < chunk.length) {
+        const position = this.bytesDone + written;
+        written += (await this.#file.write(chunk, written, chunk.length - written, position)).bytesWritten;
+      }
+    });
+    this.#digests.update(chunk);
+    this.bytesDone += chunk.length;
+    // Bounds dirty (and, with eviction, all) page cache of this file to one interval.
+    if (this.bytesDone - this.#syncedAt >= this.#settings.syncIntervalBytes) {
+      await onDisk(dirname(this.#path), () => this.#file.datasync());
+      await this.#settings.pageCache.evict(this.#path);
+      this.#syncedAt = this.bytesDone;
+    }
+    this.#progress.report(this.bytesDone);
+  }
+
+  /** The server ignored the range and sends from byte 0: start over, file and hash. */
+  async #restart(): Promise<void> {
+    await onDisk(dirname(this.#path), () => this.#file.truncate(0));
+    this.#digests = new StreamingDigests(this.#expected);
+    this.bytesDone = 0;
+    this.#syncedAt = 0;
+  }
+}

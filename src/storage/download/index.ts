@@ -1,0 +1,19 @@
+// The download step of the pipeline: one image from S3/MinIO or HTTP(S) into a local folder.
+export type { ChecksumAlgorithm, ExpectedChecksum } from './checksum.ts';
+export { parseChecksum, parseSha256Sidecar } from './checksum.ts';
+export type {
+  Downloader,
+  DownloaderConfig,
+  DownloadOptions,
+  DownloadProgress,
+  DownloadResult,
+  DownloadSource,
+  RetryPolicy,
+  SourceStat,
+} from './download.ts';
+export { createDownloader, FREE_SPACE_FACTOR, isPartialFile, PARTIAL_FILE_PREFIX } from './download.ts';
+export type { PageCache } from './pageCache.ts';
+export { ddPageCache } from './pageCache.ts';
+export { DownloadReason } from './reasons.ts';
+export type { S3Endpoint, SourceLocation } from './url.ts';
+export { parseS3Endpoint, parseSourceUrl, redactUrl } from './url.ts';

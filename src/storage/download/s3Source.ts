@@ -1,0 +1,190 @@
+// An object in an S3-compatible endpoint (MinIO), read with the minio client, path-style.
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import type { Readable } from 'node:stream';
+import { Client, S3Error } from 'minio';
+import type { SourceCredentials } from '../../pipeline/types.ts';
+import { PipelineError } from '../../pipeline/types.ts';
+import { parseSha256Sidecar } from './checksum.ts';
+import { DownloadReason } from './reasons.ts';
+import {
+  errorCode,
+  type ObjectBody,
+  type ObjectInfo,
+  type ObjectSource,
+  sourceChanged,
+  transportFault,
+  trustedCAs,
+} from './source.ts';
+import { describeLocation, type S3Endpoint } from './url.ts';
+
+const NOT_FOUND = new Set(['NotFound', 'NoSuchKey', 'NoSuchBucket']);
+const DENIED = new Set([
+  'AccessDenied',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'ExpiredToken',
+  'InvalidToken',
+  'AllAccessDisabled',
+]);
+const RETRYABLE = new Set([
+  'SlowDown',
+  'InternalError',
+  'ServiceUnavailable',
+  'RequestTimeout',
+  'XMinioServerNotInitialized',
+]);
+/** A real sidecar is one sha256sum line; anything bigger is not one. */
+const MAX_SIDECAR_BYTES = 4096;
+
+export interface S3Object {
+  endpoint: S3Endpoint;
+  bucket: string;
+  key: string;
+}
+
+export class S3Source implements ObjectSource {
+  readonly description: string;
+  readonly #object: S3Object;
+  readonly #credentials: SourceCredentials;
+  readonly #ca: string[] | undefined;
+
+  constructor(object: S3Object, credentials: SourceCredentials = {}) {
+    const { accessKeyId, secretKey } = credentials;
+    if ((accessKeyId === undefined) !== (secretKey === undefined))
+      throw new PipelineError(
+        DownloadReason.InvalidCredentials,
+        'the source Secret must hold both accessKeyId and secretKey, or neither for anonymous access',
+        { terminal: false },
+      );
+    this.#object = object;
+    this.#credentials = credentials;
+    this.#ca = trustedCAs(credentials.caBundle);
+    this.description = describeLocation({ kind: 's3', ...object });
+  }
+
+  async stat({ signal, withSidecar }: { signal: AbortSignal; withSidecar: boolean }): Promise<ObjectInfo> {
+    const { bucket, key } = this.#object;
+    const stat = await this.#call(signal, (client) => client.statObject(bucket, key));
+    const info: ObjectInfo = { sizeBytes: stat.size, version: stat.etag };
+    if (!withSidecar) return info;
+    const sidecarKey = `${key}.sha256`;
+    const content = await this.#readSmallObject(sidecarKey, signal);
+    if (content === undefined) return info;
+    return { ...info, sidecar: parseSha256Sidecar(content, `s3://${bucket}/${sidecarKey}`) };
+  }
+
+  async open(offset: number, info: ObjectInfo, signal: AbortSignal): Promise<ObjectBody> {
+    const { bucket, key } = this.#object;
+    const { client, release } = this.#client(signal);
+    let body: Readable;
+    try {
+      body = await client.getPartialObject(bucket, key, offset);
+    } catch (error) {
+      release();
+      throw this.#fault(error);
+    }
+    body.once('close', release);
+    // minio returns the HTTP response itself, so its ETag tells whether the object changed.
+    const etag = (body as Readable & { headers?: Record<string, string | undefined> }).headers?.etag;
+    const version = etag?.replace(/^"|"$/g, '');
+    if (version !== undefined && info.version !== undefined && version !== info.version) {
+      body.destroy();
+      throw sourceChanged(this.description, `ETag ${info.version} became ${version}`);
+    }
+    return { body, offset };
+  }
+
+  /** The object's text, or undefined when it is absent. */
+  async #readSmallObject(key: string, signal: AbortSignal): Promise<string | undefined> {
+    try {
+      return await this.#call(signal, async (client) => {
+        const stat = await client.statObject(this.#object.bucket, key);
+        if (stat.size > MAX_SIDECAR_BYTES)
+          throw new PipelineError(
+            DownloadReason.InvalidChecksumSidecar,
+            `s3://${this.#object.bucket}/${key} is ${stat.size} bytes, too big for a sha256 checksum line`,
+            { terminal: false },
+          );
+        const chunks: Buffer[] = [];
+        for await (const chunk of await client.getObject(this.#object.bucket, key))
+          chunks.push(chunk as Buffer);
+        return Buffer.concat(chunks).toString('utf8');
+      });
+    } catch (error) {
+      // Without s3:ListBucket, S3 answers 403 for a key that does not exist, so a denied
+      // sidecar (after the image itself was readable) counts as no sidecar.
+      if (
+        error instanceof PipelineError &&
+        (error.reason === DownloadReason.SourceNotFound || error.reason === DownloadReason.SourceAccessDenied)
+      )
+        return undefined;
+      throw error;
+    }
+  }
+
+  async #call<T>(signal: AbortSignal, operation: (client: Client) => Promise<T>): Promise<T> {
+    const { client, release } = this.#client(signal);
+    try {
+      return await operation(client);
+    } catch (error) {
+      throw this.#fault(error);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * A client with its own agent: the minio client takes no AbortSignal, so aborting destroys
+   * the agent's sockets, which ends a request that is waiting for headers or streaming a body.
+   */
+  #client(signal: AbortSignal): { client: Client; release(): void } {
+    const { endpoint } = this.#object;
+    const agent = endpoint.useSSL ? new HttpsAgent(this.#ca ? { ca: this.#ca } : {}) : new HttpAgent();
+    const destroy = () => agent.destroy();
+    signal.addEventListener('abort', destroy, { once: true });
+    const { accessKeyId, secretKey } = this.#credentials;
+    const client = new Client({
+      endPoint: endpoint.host,
+      port: endpoint.port,
+      useSSL: endpoint.useSSL,
+      pathStyle: true,
+      transportAgent: agent,
+      // Retries belong to the downloader, which resumes where the transfer stopped.
+      retryOptions: { disableRetry: true },
+      ...(endpoint.region !== undefined ? { region: endpoint.region } : {}),
+      ...(accessKeyId !== undefined && secretKey !== undefined ? { accessKey: accessKeyId, secretKey } : {}),
+    });
+    return {
+      client,
+      release() {
+        signal.removeEventListener('abort', destroy);
+        agent.destroy();
+      },
+    };
+  }
+
+  #fault(error: unknown): unknown {
+    if (error instanceof PipelineError) return error;
+    const code = errorCode(error);
+    const detail = `${code ?? 'error'}: ${error instanceof Error ? error.message : String(error)}`;
+    if (code !== undefined && NOT_FOUND.has(code))
+      return new PipelineError(
+        DownloadReason.SourceNotFound,
+        `${this.description} does not exist (${detail})`,
+        { terminal: false, cause: error },
+      );
+    if (code !== undefined && DENIED.has(code))
+      return new PipelineError(
+        DownloadReason.SourceAccessDenied,
+        `${this.description}: access denied (${detail}); check accessKeyId and secretKey in the Secret and the bucket policy`,
+        { terminal: false, cause: error },
+      );
+    if (error instanceof S3Error && !(code !== undefined && RETRYABLE.has(code)))
+      return new PipelineError(DownloadReason.SourceRequestFailed, `${this.description}: ${detail}`, {
+        terminal: false,
+        cause: error,
+      });
+    return transportFault(error, this.description);
+  }
+}

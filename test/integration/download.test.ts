@@ -1,0 +1,576 @@
+// The download step against the rig's real MinIO and real local HTTP(S) servers: content and
+// checksums, credentials, sidecars, resume after a dropped connection, stalls, aborts and the
+// free-space check, and never a partial file left behind.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { PipelineError } from '../../src/pipeline/types.ts';
+import {
+  createDownloader,
+  type DownloaderConfig,
+  type DownloadProgress,
+} from '../../src/storage/download/index.ts';
+import { makeServerCertificate } from '../rig/certs.ts';
+import { type MinioServer, startMinio } from '../rig/minio.ts';
+import { makeWorkDir } from '../rig/workdir.ts';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const BUCKET = 'images';
+
+const sha = (algorithm: 'sha256' | 'sha512', data: Buffer) =>
+  createHash(algorithm).update(data).digest('hex');
+
+/** Fast retries and a short stall timeout, so that fault tests finish quickly. */
+const testConfig: DownloaderConfig = {
+  retry: { maxRetries: 2, baseMs: 10, maxMs: 50 },
+  stallTimeoutMs: 5_000,
+  progressIntervalMs: 0,
+  syncIntervalBytes: MiB,
+};
+
+let scratch: string;
+function emptyFolder(name: string): string {
+  const folder = join(scratch, name);
+  mkdirSync(folder);
+  return folder;
+}
+
+/** Checks the error's reason and returns it for further checks. */
+async function rejectsWith(promise: Promise<unknown>, reason: string): Promise<PipelineError> {
+  const error = await promise.then(
+    () => assert.fail(`expected ${reason}, but the download succeeded`),
+    (caught: unknown) => caught,
+  );
+  assert.ok(error instanceof PipelineError, `expected a PipelineError, got ${String(error)}`);
+  assert.equal(error.reason, reason, error.message);
+  return error;
+}
+
+interface RecordedRequest {
+  range: string | undefined;
+  ifRange: string | undefined;
+}
+
+interface TestServer {
+  url: string;
+  requests: RecordedRequest[];
+  close(): Promise<void>;
+}
+
+async function listen(
+  server: Server,
+  scheme: 'http' | 'https',
+  requests: RecordedRequest[],
+): Promise<TestServer> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `${scheme}://127.0.0.1:${port}/disk.raw`,
+    requests,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse, requestNumber: number) => void;
+
+function startHttpServer(handler: Handler): Promise<TestServer> {
+  const requests: RecordedRequest[] = [];
+  const server = createHttpServer((req, res) => {
+    requests.push({ range: req.headers.range, ifRange: req.headers['if-range']?.toString() });
+    handler(req, res, requests.length);
+  });
+  return listen(server, 'http', requests);
+}
+
+/** Serves `content` as a static server does, with ranges and a strong ETag. */
+function serveRange(content: Buffer, req: IncomingMessage, res: ServerResponse): void {
+  const headers = { etag: '"v1"', 'accept-ranges': 'bytes' };
+  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+  if (!range) {
+    res.writeHead(200, { ...headers, 'content-length': content.length });
+    res.end(content);
+    return;
+  }
+  const start = Number(range[1]);
+  const end = range[2] ? Number(range[2]) : content.length - 1;
+  res.writeHead(206, {
+    ...headers,
+    'content-length': end - start + 1,
+    'content-range': `bytes ${start}-${end}/${content.length}`,
+  });
+  res.end(content.subarray(start, end + 1));
+}
+
+/**
+ * A TCP proxy in front of MinIO that breaks the first connection which has carried more than
+ * `afterBytes` towards the client: `cut` closes it, `stall` goes silent and keeps it open.
+ * It records the requests it forwards.
+ */
+async function startFaultyProxy(target: MinioServer, fault: 'cut' | 'stall', afterBytes: number) {
+  let armed = true;
+  const requestText: string[] = [];
+  const server = createTcpServer((client) => {
+    const upstream = connect(target.port, target.host);
+    let sent = 0;
+    let stalled = false;
+    client.on('data', (data: Buffer) => {
+      requestText.push(data.toString('latin1'));
+      upstream.write(data);
+    });
+    upstream.on('data', (data: Buffer) => {
+      sent += data.length;
+      if (armed && sent > afterBytes) {
+        armed = false;
+        if (fault === 'cut') {
+          client.destroy();
+          upstream.destroy();
+          return;
+        }
+        stalled = true;
+      }
+      if (!stalled) client.write(data);
+    });
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    faulted: () => !armed,
+    ranges: () => requestText.flatMap((text) => /^range: (.*)$/im.exec(text)?.[1]?.trim() ?? []),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe('download', { timeout: 180_000 }, () => {
+  let minio: MinioServer;
+  const downloader = () => createDownloader({ ...testConfig, s3Endpoint: { url: minio.endpoint } });
+  const credentials = () => ({ accessKeyId: minio.accessKey, secretKey: minio.secretKey });
+  const plain = randomBytes(5 * MiB + 123);
+  const sidecarred = randomBytes(3 * MiB + 7);
+  const badSidecarred = randomBytes(2 * MiB + 1);
+
+  before(async () => {
+    scratch = makeWorkDir('download');
+    minio = await startMinio(join(scratch, 'minio'));
+    const client = minio.client();
+    await client.makeBucket(BUCKET);
+    await client.putObject(BUCKET, 'disks/plain.raw', plain, plain.length);
+    await client.putObject(BUCKET, 'disks/sidecar.raw', sidecarred, sidecarred.length);
+    const goodSidecar = `${sha('sha256', sidecarred)}  sidecar.raw\n`;
+    await client.putObject(BUCKET, 'disks/sidecar.raw.sha256', goodSidecar);
+    await client.putObject(BUCKET, 'disks/bad-sidecar.raw', badSidecarred, badSidecarred.length);
+    await client.putObject(BUCKET, 'disks/bad-sidecar.raw.sha256', `${sha('sha256', plain)}\n`);
+  });
+  after(async () => {
+    await minio?.stop();
+  });
+
+  describe('from MinIO', () => {
+    it('downloads s3://bucket/key with credentials, reporting progress up to the size', async () => {
+      const folder = emptyFolder('s3-ok');
+      const progress: DownloadProgress[] = [];
+      const result = await downloader().download(
+        { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+        {
+          destinationPath: join(folder, 'plain.raw'),
+          signal: new AbortController().signal,
+          onProgress: (report) => progress.push(report),
+        },
+      );
+      assert.deepEqual(result, {
+        path: join(folder, 'plain.raw'),
+        sizeBytes: plain.length,
+        sha256: sha('sha256', plain),
+      });
+      assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
+      assert.deepEqual(readdirSync(folder), ['plain.raw']);
+      assert.deepEqual(progress.at(-1), { bytesDone: plain.length, bytesTotal: plain.length });
+      for (let i = 1; i < progress.length; i++)
+        assert.ok((progress[i]?.bytesDone ?? 0) >= (progress[i - 1]?.bytesDone ?? 0), 'progress went back');
+    });
+
+    it('reads http://endpoint/bucket/key as an S3 object when credentials are given', async () => {
+      const folder = emptyFolder('s3-url');
+      const result = await createDownloader(testConfig).download(
+        { url: `${minio.endpoint}/${BUCKET}/disks/plain.raw`, credentials: credentials() },
+        { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+      );
+      assert.equal(result.sha256, sha('sha256', plain));
+    });
+
+    it('evicts the downloaded file from the page cache', async () => {
+      const folder = emptyFolder('s3-page-cache');
+      const result = await downloader().download(
+        { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+        { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+      );
+      const { stdout } = await run('fincore', ['--bytes', '--noheadings', '--output', 'RES', result.path]);
+      assert.equal(Number(stdout.trim()), 0, 'resident bytes of the downloaded file');
+    });
+
+    it('refuses wrong credentials with a clear error that holds no secret, leaving no file', async () => {
+      const folder = emptyFolder('s3-denied');
+      const secretKey = 'wrong-secret-c0ffee';
+      const error = await rejectsWith(
+        downloader().download(
+          { url: `s3://${BUCKET}/disks/plain.raw`, credentials: { accessKeyId: minio.accessKey, secretKey } },
+          { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+        ),
+        'SourceAccessDenied',
+      );
+      assert.match(error.message, /access denied.*accessKeyId and secretKey/);
+      assert.ok(!error.message.includes(secretKey) && !error.message.includes(minio.secretKey));
+      assert.deepEqual(readdirSync(folder), []);
+    });
+
+    it('reports a missing object or bucket as SourceNotFound, leaving no file', async () => {
+      const folder = emptyFolder('s3-missing');
+      for (const url of [`s3://${BUCKET}/disks/nope.raw`, 's3://no-such-bucket/disks/plain.raw']) {
+        const error = await rejectsWith(
+          downloader().download(
+            { url, credentials: credentials() },
+            { destinationPath: join(folder, 'x.raw'), signal: new AbortController().signal },
+          ),
+          'SourceNotFound',
+        );
+        assert.match(error.message, /does not exist/);
+      }
+      assert.deepEqual(readdirSync(folder), []);
+    });
+
+    it('verifies against a matching <key>.sha256 object', async () => {
+      const folder = emptyFolder('s3-sidecar');
+      const source = { url: `s3://${BUCKET}/disks/sidecar.raw`, credentials: credentials() };
+      const stat = await downloader().stat(source, new AbortController().signal);
+      assert.deepEqual(stat.expectedChecksum, {
+        algorithm: 'sha256',
+        hex: sha('sha256', sidecarred),
+        origin: `s3://${BUCKET}/disks/sidecar.raw.sha256`,
+      });
+      const result = await downloader().download(source, {
+        destinationPath: join(folder, 'sidecar.raw'),
+        signal: new AbortController().signal,
+      });
+      assert.equal(result.sha256, sha('sha256', sidecarred));
+    });
+
+    it('fails with ChecksumMismatch on a mismatching <key>.sha256 object and leaves no file', async () => {
+      const folder = emptyFolder('s3-bad-sidecar');
+      const error = await rejectsWith(
+        downloader().download(
+          { url: `s3://${BUCKET}/disks/bad-sidecar.raw`, credentials: credentials() },
+          { destinationPath: join(folder, 'bad.raw'), signal: new AbortController().signal },
+        ),
+        'ChecksumMismatch',
+      );
+      assert.equal(error.terminal, true);
+      assert.ok(error.message.includes(sha('sha256', plain)), 'names the expected checksum');
+      assert.ok(error.message.includes(sha('sha256', badSidecarred)), 'names the actual checksum');
+      assert.deepEqual(readdirSync(folder), []);
+    });
+
+    it('verifies a sha512 spec checksum, which wins over the <key>.sha256 object', async () => {
+      const folder = emptyFolder('s3-sha512');
+      const source = {
+        url: `s3://${BUCKET}/disks/bad-sidecar.raw`,
+        credentials: credentials(),
+        checksum: `sha512:${sha('sha512', badSidecarred)}`,
+      };
+      const result = await downloader().download(source, {
+        destinationPath: join(folder, 'ok.raw'),
+        signal: new AbortController().signal,
+      });
+      assert.equal(result.sha256, sha('sha256', badSidecarred));
+
+      await rejectsWith(
+        downloader().download(
+          { ...source, checksum: `sha512:${sha('sha512', plain)}` },
+          { destinationPath: join(folder, 'bad.raw'), signal: new AbortController().signal },
+        ),
+        'ChecksumMismatch',
+      );
+      assert.deepEqual(readdirSync(folder), ['ok.raw']);
+    });
+
+    it('resumes an S3 download with a Range request after the connection is cut', async () => {
+      const proxy = await startFaultyProxy(minio, 'cut', 2 * MiB);
+      try {
+        const folder = emptyFolder('s3-resume');
+        const result = await createDownloader({
+          ...testConfig,
+          s3Endpoint: { url: proxy.endpoint },
+        }).download(
+          { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+          { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+        );
+        assert.ok(proxy.faulted(), 'the proxy cut a connection');
+        assert.equal(result.sha256, sha('sha256', plain));
+        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
+        const resumedAt = proxy.ranges().map((range) => Number(/^bytes=(\d+)-$/.exec(range)?.[1]));
+        assert.equal(resumedAt.length, 1, `ranges: ${proxy.ranges()}`);
+        assert.ok((resumedAt[0] ?? 0) > 0 && (resumedAt[0] ?? 0) <= 2 * MiB, `resumed at ${resumedAt[0]}`);
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('cuts a stalled S3 transfer after the stall timeout and resumes it', async () => {
+      const proxy = await startFaultyProxy(minio, 'stall', 2 * MiB);
+      try {
+        const folder = emptyFolder('s3-stall');
+        const config = { ...testConfig, stallTimeoutMs: 300, s3Endpoint: { url: proxy.endpoint } };
+        const result = await createDownloader(config).download(
+          { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+          { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+        );
+        assert.ok(proxy.faulted(), 'the proxy stalled a connection');
+        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
+        assert.equal(proxy.ranges().length, 1, `ranges: ${proxy.ranges()}`);
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('stops on abort mid-download with the abort reason and removes the partial file', async () => {
+      const folder = emptyFolder('s3-abort');
+      const controller = new AbortController();
+      const reason = new Error('VolumeProvision deleted');
+      let abortedAt = -1;
+      const download = downloader().download(
+        { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+        {
+          destinationPath: join(folder, 'plain.raw'),
+          signal: controller.signal,
+          onProgress: ({ bytesDone }) => {
+            if (bytesDone >= MiB && abortedAt < 0) {
+              abortedAt = bytesDone;
+              assert.ok(
+                readdirSync(folder).some((name) => name.startsWith('.partial-')),
+                'writes a partial file',
+              );
+              controller.abort(reason);
+            }
+          },
+        },
+      );
+      await assert.rejects(download, (error) => error === reason);
+      assert.ok(abortedAt > 0 && abortedAt < plain.length, `aborted at ${abortedAt}`);
+      assert.deepEqual(readdirSync(folder), []);
+    });
+  });
+
+  describe('from a plain HTTP server', () => {
+    const content = randomBytes(4 * MiB + 99);
+
+    it('resumes with a Range request after the connection drops half way', async () => {
+      const half = Math.floor(content.length / 2);
+      let dropped = false;
+      const server = await startHttpServer((req, res) => {
+        if (req.headers.range === undefined && !dropped) {
+          dropped = true;
+          res.writeHead(200, { etag: '"v1"', 'content-length': content.length });
+          res.write(content.subarray(0, half), () => res.socket?.destroy());
+          return;
+        }
+        serveRange(content, req, res);
+      });
+      try {
+        const folder = emptyFolder('http-resume');
+        const result = await createDownloader(testConfig).download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+        );
+        assert.equal(result.sha256, sha('sha256', content));
+        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', content));
+        assert.ok(dropped);
+        const resumed = server.requests.find((request) => /^bytes=[1-9]\d*-$/.test(request.range ?? ''));
+        assert.ok(resumed, `no resuming Range request among ${JSON.stringify(server.requests)}`);
+        const start = Number(/\d+/.exec(resumed.range ?? '')?.[0]);
+        assert.ok(start <= half, `resumed at ${start}, after only ${half} bytes were sent`);
+        assert.equal(resumed.ifRange, '"v1"');
+        assert.deepEqual(readdirSync(folder), ['disk.raw']);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('starts over from byte 0 when the server ignores the Range header', async () => {
+      const server = await startHttpServer((_req, res, requestNumber) => {
+        res.writeHead(200, { 'content-length': content.length });
+        // Request 1 is the stat; the transfer's first request is cut after a megabyte.
+        if (requestNumber === 2) {
+          res.write(content.subarray(0, MiB), () => res.socket?.destroy());
+          return;
+        }
+        res.end(content);
+      });
+      try {
+        const folder = emptyFolder('http-no-ranges');
+        const result = await createDownloader(testConfig).download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+        );
+        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', content));
+        assert.equal(result.sha256, sha('sha256', content));
+        assert.ok(
+          server.requests.some((request) => /^bytes=[1-9]\d*-$/.test(request.range ?? '')),
+          'it asked to resume before starting over',
+        );
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('gives up with DownloadStalled when no bytes arrive within the stall timeout', async () => {
+      const server = await startHttpServer((req, res) => {
+        if (req.headers.range === 'bytes=0-0') return serveRange(content, req, res);
+        // Headers and a first megabyte, then silence with the connection open.
+        const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
+        res.writeHead(start ? 206 : 200, {
+          'content-length': content.length - start,
+          ...(start ? { 'content-range': `bytes ${start}-${content.length - 1}/${content.length}` } : {}),
+        });
+        if (!start) res.write(content.subarray(0, MiB));
+      });
+      try {
+        const folder = emptyFolder('http-stall');
+        const error = await rejectsWith(
+          createDownloader({
+            ...testConfig,
+            stallTimeoutMs: 300,
+            retry: { ...testConfig.retry, maxRetries: 1 },
+          }).download(
+            { url: server.url },
+            { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+          ),
+          'DownloadStalled',
+        );
+        assert.match(error.message, /no bytes received for 300 ms/);
+        assert.ok(
+          server.requests.some(
+            (request) => request.range?.startsWith('bytes=') && request.range !== 'bytes=0-0',
+          ),
+        );
+        assert.deepEqual(readdirSync(folder), []);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('refuses with InsufficientCacheSpace before writing when the image exceeds free space', async () => {
+      const claimedSize = 2 ** 50; // 1 PiB
+      const server = await startHttpServer((_req, res) => {
+        res.writeHead(206, { 'content-length': 1, 'content-range': `bytes 0-0/${claimedSize}` });
+        res.end('x');
+      });
+      try {
+        const folder = emptyFolder('http-space');
+        const error = await rejectsWith(
+          createDownloader(testConfig).download(
+            { url: server.url },
+            { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+          ),
+          'InsufficientCacheSpace',
+        );
+        assert.equal(error.terminal, false);
+        assert.match(
+          error.message,
+          /is 1\.0 PiB; the download needs 1\.1 PiB free in .*http-space, which has/,
+        );
+        assert.deepEqual(
+          server.requests,
+          [{ range: 'bytes=0-0', ifRange: undefined }],
+          'only the stat request',
+        );
+        assert.deepEqual(readdirSync(folder), []);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('reports 404 as SourceNotFound and keeps the query string out of the message', async () => {
+      const server = await startHttpServer((_req, res) => {
+        res.writeHead(404).end();
+      });
+      try {
+        const folder = emptyFolder('http-404');
+        const error = await rejectsWith(
+          createDownloader(testConfig).download(
+            { url: `${server.url}?X-Amz-Signature=s3cr3t` },
+            { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+          ),
+          'SourceNotFound',
+        );
+        assert.match(error.message, /disk\.raw answered HTTP 404/);
+        assert.ok(!error.message.includes('s3cr3t'));
+        assert.deepEqual(readdirSync(folder), []);
+      } finally {
+        await server.close();
+      }
+    });
+  });
+
+  describe('from an HTTPS server with a private CA', () => {
+    const content = randomBytes(MiB + 5);
+    let server: TestServer;
+    let caBundle: string;
+
+    before(async () => {
+      const dir = emptyFolder('tls');
+      const certificate = await makeServerCertificate(dir, { commonName: '127.0.0.1' });
+      caBundle = readFileSync(certificate.ca, 'utf8');
+      const requests: RecordedRequest[] = [];
+      const https = createHttpsServer(
+        { key: readFileSync(certificate.key), cert: readFileSync(certificate.cert) },
+        (req, res) => serveRange(content, req, res),
+      );
+      server = await listen(https, 'https', requests);
+    });
+    after(async () => {
+      await server?.close();
+    });
+
+    it('trusts the server with the CA bundle from the Secret', async () => {
+      const folder = emptyFolder('https-ca');
+      const result = await createDownloader(testConfig).download(
+        { url: server.url, credentials: { caBundle } },
+        { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+      );
+      assert.equal(result.sha256, sha('sha256', content));
+    });
+
+    it('fails with SourceTLSFailed without it, leaving no file', async () => {
+      const folder = emptyFolder('https-no-ca');
+      const error = await rejectsWith(
+        createDownloader(testConfig).download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+        ),
+        'SourceTLSFailed',
+      );
+      assert.match(error.message, /ca\.crt/);
+      assert.deepEqual(readdirSync(folder), []);
+    });
+  });
+});
