@@ -1,0 +1,121 @@
+// Writes VolumeProvision status as merge patches to /status, never flooding the API server:
+// nothing is sent when the wanted status equals what was written; progress is coalesced to at
+// most one patch per object per interval; a stage change (an "immediate" update) goes out at
+// once. Writes of one object are serialised, so patches never overtake each other.
+import type { VolumeProvisionStatus } from '../api/v1alpha1.ts';
+import { mergePatch } from '../controller/status.ts';
+import { type Clock, systemClock } from '../util/clock.ts';
+
+export interface ObjectRef {
+  namespace: string;
+  name: string;
+  uid: string;
+}
+
+export interface StatusApi {
+  /** Applies a merge patch to the object's status subresource. */
+  patchStatus(ref: ObjectRef, patch: object): Promise<void>;
+}
+
+export interface StatusWriterOptions {
+  intervalMs: number;
+  clock?: Clock;
+  onError?(ref: ObjectRef, error: unknown): void;
+}
+
+interface Entry {
+  ref: ObjectRef;
+  written: VolumeProvisionStatus | undefined;
+  wanted: VolumeProvisionStatus;
+  lastWriteAt: number;
+  cancelTimer: (() => void) | undefined;
+  chain: Promise<void>;
+}
+
+export class StatusWriter {
+  readonly #api: StatusApi;
+  readonly #options: StatusWriterOptions;
+  readonly #clock: Clock;
+  readonly #entries = new Map<string, Entry>();
+
+  constructor(api: StatusApi, options: StatusWriterOptions) {
+    this.#api = api;
+    this.#options = options;
+    this.#clock = options.clock ?? systemClock;
+  }
+
+  /** The status most recently wanted for `uid`, written or not yet. */
+  current(uid: string): VolumeProvisionStatus | undefined {
+    return this.#entries.get(uid)?.wanted;
+  }
+
+  /** Records what the API server already holds, so an unchanged status is not written again. */
+  observe(ref: ObjectRef, status: VolumeProvisionStatus | undefined): void {
+    if (this.#entries.has(ref.uid)) return;
+    this.#entries.set(ref.uid, {
+      ref,
+      written: status,
+      wanted: status ?? {},
+      lastWriteAt: Number.NEGATIVE_INFINITY,
+      cancelTimer: undefined,
+      chain: Promise.resolve(),
+    });
+  }
+
+  /**
+   * Sets the wanted status. With `immediate`, writes now and resolves once written; otherwise
+   * the write happens when the object's coalescing interval allows.
+   */
+  async set(ref: ObjectRef, wanted: VolumeProvisionStatus, options: { immediate: boolean }): Promise<void> {
+    this.observe(ref, undefined);
+    const entry = this.#entries.get(ref.uid) as Entry;
+    entry.wanted = wanted;
+    if (!mergePatch(entry.written, wanted)) return;
+    const wait = entry.lastWriteAt + this.#options.intervalMs - this.#clock.now();
+    if (options.immediate || wait <= 0) {
+      await this.#write(entry);
+    } else if (!entry.cancelTimer) {
+      entry.cancelTimer = this.#clock.schedule(() => {
+        entry.cancelTimer = undefined;
+        void this.#write(entry);
+      }, wait);
+    }
+  }
+
+  /** Drops all state for `uid` and any pending write: the object is gone or being deleted. */
+  forget(uid: string): void {
+    this.#entries.get(uid)?.cancelTimer?.();
+    this.#entries.delete(uid);
+  }
+
+  /** Writes everything pending now; used at shutdown. */
+  async flushAll(): Promise<void> {
+    await Promise.all([...this.#entries.values()].map((entry) => this.#write(entry)));
+  }
+
+  #write(entry: Entry): Promise<void> {
+    entry.cancelTimer?.();
+    entry.cancelTimer = undefined;
+    entry.chain = entry.chain.then(async () => {
+      if (this.#entries.get(entry.ref.uid) !== entry) return;
+      const wanted = entry.wanted;
+      const patch = mergePatch(entry.written, wanted);
+      if (!patch) return;
+      try {
+        // metadata.uid makes the patch conditional: it never lands on a recreated namesake.
+        await this.#api.patchStatus(entry.ref, { metadata: { uid: entry.ref.uid }, status: patch });
+        entry.written = wanted;
+        entry.lastWriteAt = this.#clock.now();
+      } catch (error) {
+        this.#options.onError?.(entry.ref, error);
+        if (!entry.cancelTimer && this.#entries.get(entry.ref.uid) === entry) {
+          entry.cancelTimer = this.#clock.schedule(() => {
+            entry.cancelTimer = undefined;
+            void this.#write(entry);
+          }, this.#options.intervalMs);
+        }
+      }
+    });
+    return entry.chain;
+  }
+}

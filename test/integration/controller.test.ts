@@ -1,0 +1,308 @@
+// The controller against a real kube-apiserver, real MinIO and real qemu-img, running as its
+// own process with only the RBAC the chart grants. Targets are files (LVM is covered in
+// lvm.test.ts), and a throttled HTTP server lets tests catch jobs in mid-download.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { VolumeProvision } from '../../src/api/v1alpha1.ts';
+import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
+import { type MinioServer, startMinio } from '../rig/minio.ts';
+import { waitUntil } from '../rig/net.ts';
+import { makeWorkDir } from '../rig/workdir.ts';
+import {
+  CONTROLLER_SERVICE_ACCOUNT,
+  type ControllerDirs,
+  type ControllerProcess,
+  controllerDirs,
+  controllerKubeconfig,
+  installCrds,
+  isReady,
+  startController,
+  volumeProvisions,
+} from '../support/controller.ts';
+import { type ImageServer, startImageServer } from '../support/image-server.ts';
+import { makeTestImage, sha256, type TestImage } from '../support/images.ts';
+
+const NAMESPACE = 'vms';
+const NODE = 'hv-a';
+const ACTIVE_STAGES = new Set(['Initializing', 'Downloading', 'Converting', 'Finalizing']);
+
+describe('controller on a real API server', { timeout: 600_000 }, () => {
+  let cluster: KubeControlPlane;
+  let minio: MinioServer;
+  let images: ImageServer;
+  let admin: KubeConfig;
+  let kubeconfig: string;
+  let workDir: string;
+  let dirs: ControllerDirs;
+  let image: TestImage;
+  let controller: ControllerProcess;
+  let vps: ReturnType<typeof volumeProvisions>;
+  let logCount = 0;
+
+  const start = async () => {
+    logCount += 1;
+    controller = await startController({
+      kubeconfig,
+      nodeName: NODE,
+      dirs,
+      logFile: join(workDir, `controller-${logCount}.log`),
+      env: { LVP_S3_ENDPOINT: minio.endpoint },
+    });
+  };
+
+  const spec = (name: string, url: string, extra: Partial<VolumeProvision['spec']> = {}) => ({
+    metadata: { name },
+    spec: {
+      nodeName: NODE,
+      // Only S3 sources carry credentials: with them, an http URL would be read as S3 too.
+      source: {
+        url,
+        format: 'qcow2' as const,
+        ...(url.startsWith('s3://') ? { secretRef: { name: 'minio' } } : {}),
+      },
+      target: { type: 'file' as const, volumeName: `${name}.img`, size: '64Mi' },
+      reclaimPolicy: 'Delete' as const,
+      ...extra,
+    },
+  });
+
+  before(async () => {
+    workDir = makeWorkDir('controller');
+    [cluster, minio, images] = await Promise.all([
+      startKubeControlPlane(join(workDir, 'kube')),
+      startMinio(join(workDir, 'minio')),
+      startImageServer(),
+    ]);
+    admin = cluster.adminConfig();
+    await installCrds(cluster);
+    kubeconfig = await controllerKubeconfig(cluster);
+    const core = admin.makeApiClient(CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: NAMESPACE } } });
+    await core.createNamespacedSecret({
+      namespace: NAMESPACE,
+      body: {
+        metadata: { name: 'minio' },
+        stringData: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
+      },
+    });
+    image = await makeTestImage(workDir, 'disk', 32);
+    const qcow2 = readFileSync(image.qcow2Path);
+    await minio.client().makeBucket('images');
+    await minio.client().putObject('images', 'disk.qcow2', qcow2, qcow2.length);
+    for (let index = 0; index < 8; index += 1) images.put(`/slow-${index}.qcow2`, qcow2);
+    dirs = controllerDirs(join(workDir, 'node'));
+    vps = volumeProvisions(admin, NAMESPACE);
+    await start();
+  });
+
+  after(async () => {
+    await controller?.process.stop();
+    await images?.close();
+    await minio?.stop();
+    await cluster?.stop();
+  });
+
+  it('provisions an S3 image into a file and reports Ready with its status fields', async () => {
+    await vps.create(spec('first', 's3://images/disk.qcow2'));
+    const { stdout: waited } = await cluster.kubectl([
+      'wait',
+      '--for=condition=Ready',
+      '--timeout=60s',
+      '-n',
+      NAMESPACE,
+      'vp/first',
+    ]);
+    assert.match(waited, /condition met/);
+    const done = await vps.get('first');
+    const status = done.status ?? {};
+    assert.equal(status.stage, 'Completed');
+    assert.equal(status.devicePath, join(dirs.fileTargetDir, 'first.img'));
+    assert.equal(status.virtualSize, image.sizeBytes);
+    assert.equal(status.cacheHit, false);
+    assert.equal(status.attempts, 1);
+    assert.equal(status.observedGeneration, done.metadata?.generation);
+    assert.equal(status.progress?.overallPercent, 100);
+    assert.ok(status.startTime && status.completionTime && status.startTime <= status.completionTime);
+    assert.deepEqual(done.metadata?.finalizers, ['lvp.dev/cleanup']);
+
+    const written = readFileSync(join(dirs.fileTargetDir, 'first.img'));
+    assert.equal(written.length, 64 * 1024 * 1024, 'the file has the requested size');
+    assert.equal(sha256(written.subarray(0, image.sizeBytes)), image.rawSha256, 'content equals the image');
+
+    const { stdout: table } = await cluster.kubectl(['get', 'vp', '-n', NAMESPACE, 'first']);
+    assert.match(table, /NAME\s+NODE\s+STAGE\s+PROGRESS\s+READY\s+AGE/);
+    assert.match(table, /first\s+hv-a\s+Completed\s+100\s+True/);
+
+    const { stdout: events } = await cluster.kubectl([
+      'get',
+      'events',
+      '-n',
+      NAMESPACE,
+      '--field-selector',
+      'involvedObject.name=first',
+      '-o',
+      'jsonpath={.items[*].reason}',
+    ]);
+    assert.match(events, /Provisioned/);
+  });
+
+  it('serves a second object from the node cache', async () => {
+    await vps.create(spec('second', 's3://images/disk.qcow2'));
+    const done = await vps.waitFor('second', 'Ready', isReady);
+    assert.equal(done.status?.cacheHit, true);
+    assert.equal(readdirSync(dirs.cacheDir).filter((name) => name.endsWith('.img')).length, 1);
+  });
+
+  it('runs at most 2 jobs at once and starts the others in FIFO order with queue positions', async () => {
+    images.setRate(24 * 1024 * 1024);
+    const names = ['q0', 'q1', 'q2', 'q3', 'q4'];
+    const seen = new Map<string, Set<string>>();
+    const positions = new Map<string, Set<number>>();
+    let maxActive = 0;
+    for (const [index, name] of names.entries())
+      await vps.create(spec(name, `${images.url}/slow-${index}.qcow2`));
+    await waitUntil(
+      async () => {
+        const objects = (await vps.list()).filter((object) => names.includes(object.metadata?.name ?? ''));
+        const active = objects.filter((object) => ACTIVE_STAGES.has(object.status?.stage ?? '')).length;
+        maxActive = Math.max(maxActive, active);
+        for (const object of objects) {
+          const name = object.metadata?.name ?? '';
+          if (object.status?.stage)
+            (seen.get(name) ?? seen.set(name, new Set()).get(name))?.add(object.status.stage);
+          if (object.status?.queuePosition) {
+            (positions.get(name) ?? positions.set(name, new Set()).get(name))?.add(
+              object.status.queuePosition,
+            );
+          }
+        }
+        return objects.length === names.length && objects.every(isReady);
+      },
+      { what: '5 objects Ready', timeoutMs: 120_000, intervalMs: 50 },
+    );
+    images.setRate(Number.POSITIVE_INFINITY);
+    assert.ok(maxActive <= 2, `never more than 2 running (saw ${maxActive})`);
+    assert.equal(maxActive, 2, 'both slots were used');
+    for (const name of ['q2', 'q3', 'q4']) assert.ok(seen.get(name)?.has('Queued'), `${name} was Queued`);
+    assert.ok(positions.get('q4')?.has(3), 'the last object waited at position 3');
+    const objects = await Promise.all(names.map((name) => vps.get(name)));
+    const starts = objects.map((object) => object.status?.startTime ?? '');
+    assert.deepEqual([...starts].sort(), starts, 'jobs started in creation order');
+    assert.ok(
+      objects.every((object) => object.status?.queuePosition === undefined),
+      'no queue position once done',
+    );
+  });
+
+  it('never receives or touches an object meant for another node', async () => {
+    await vps.create(spec('elsewhere', 's3://images/disk.qcow2', { nodeName: 'hv-b' }));
+    await vps.create(spec('marker', 's3://images/disk.qcow2'));
+    await vps.waitFor('marker', 'Ready', isReady);
+    const other = await vps.get('elsewhere');
+    assert.equal(other.metadata?.finalizers, undefined);
+    assert.equal(other.status, undefined);
+    const username = `system:serviceaccount:lvp-system:${CONTROLLER_SERVICE_ACCOUNT}`;
+    const collectionReads = cluster
+      .auditEvents()
+      .filter((event) => event.user.username === username && event.objectRef?.resource === 'volumeprovisions')
+      .filter((event) => event.verb === 'list' || event.verb === 'watch');
+    assert.ok(collectionReads.length > 0);
+    for (const event of collectionReads) {
+      assert.match(
+        event.requestURI,
+        /fieldSelector=spec\.nodeName%3Dhv-a/,
+        `${event.verb} is filtered by node`,
+      );
+    }
+    assert.ok(!controller.logs().some((line) => JSON.stringify(line).includes('elsewhere')), 'never logged');
+  });
+
+  it('cancels a running job on delete, cleans up and removes the finalizer', async () => {
+    images.setRate(2 * 1024 * 1024);
+    await vps.create(spec('doomed', `${images.url}/slow-5.qcow2`));
+    await vps.waitFor('doomed', 'downloading', (object) => object.status?.stage === 'Downloading');
+    await vps.delete('doomed');
+    await vps.waitGone('doomed', 10_000);
+    images.setRate(Number.POSITIVE_INFINITY);
+    assert.ok(!existsSync(join(dirs.fileTargetDir, 'doomed.img')));
+    assert.deepEqual(
+      readdirSync(dirs.fileTargetDir).filter((name) => name.includes('doomed')),
+      [],
+    );
+    await waitUntil(async () => !readdirSync(dirs.cacheDir).some((name) => name.startsWith('.partial-')), {
+      what: 'the partial download to be removed',
+      timeoutMs: 10_000,
+    });
+    const lines = controller.logs().filter((line) => line.key === `${NAMESPACE}/doomed`);
+    assert.ok(lines.some((line) => line.message === 'job stopped' && line.reason === 'cancelled'));
+    assert.ok(!lines.some((line) => line.message === 'job failed'), 'a cancelled job is not a failed job');
+  });
+
+  it('finishes a job after the controller is SIGKILLed in the middle of it, with nothing duplicated or leaked', async () => {
+    images.setRate(2 * 1024 * 1024);
+    await vps.create(spec('survivor', `${images.url}/slow-6.qcow2`));
+    await vps.waitFor('survivor', 'downloading', (object) => object.status?.stage === 'Downloading');
+    controller.process.signal('SIGKILL');
+    await controller.process.exited;
+    images.setRate(Number.POSITIVE_INFINITY);
+    await start();
+    const done = await vps.waitFor('survivor', 'Ready', isReady);
+    assert.equal(done.status?.attempts, 2);
+    assert.deepEqual(
+      readdirSync(dirs.fileTargetDir).filter((name) => name.includes('survivor')),
+      ['survivor.img'],
+    );
+    assert.ok(
+      !readdirSync(dirs.cacheDir).some((name) => name.startsWith('.partial-')),
+      'no partial download left',
+    );
+    const written = readFileSync(join(dirs.fileTargetDir, 'survivor.img'));
+    assert.equal(sha256(written.subarray(0, image.sizeBytes)), image.rawSha256);
+    const { stdout } = await cluster.kubectl([
+      'get',
+      'events',
+      '-n',
+      NAMESPACE,
+      '--field-selector',
+      'involvedObject.name=survivor,reason=Provisioned',
+      '-o',
+      'name',
+    ]);
+    assert.equal(stdout.trim().split('\n').length, 1, 'provisioned once');
+  });
+
+  it('recovers its watch after the API server restarts, without redoing finished work', async () => {
+    await cluster.stopApiserver();
+    await cluster.startApiserver();
+    await vps.create(spec('after-restart', 's3://images/disk.qcow2'));
+    await vps.waitFor('after-restart', 'Ready', isReady, 90_000);
+    const first = await vps.get('first');
+    assert.equal(first.status?.attempts, 1, 'finished work was not redone');
+  });
+
+  it('keeps its API requests for one job within budget', async () => {
+    const username = `system:serviceaccount:lvp-system:${CONTROLLER_SERVICE_ACCOUNT}`;
+    await vps.create(spec('budget', 's3://images/disk.qcow2'));
+    const done = await vps.waitFor('budget', 'Ready', isReady);
+    const seconds =
+      (Date.parse(done.status?.completionTime ?? '') - Date.parse(done.status?.startTime ?? '')) / 1000;
+    const requests = cluster
+      .auditEvents()
+      .filter(
+        (event) =>
+          event.user.username === username && event.objectRef?.name === 'budget' && event.verb !== 'watch',
+      );
+    const statusWrites = requests.filter((event) => event.objectRef?.subresource === 'status').length;
+    // Stage changes: Initializing, Converting, Finalizing, Completed (a cache hit skips Downloading).
+    const budget = 5 + Math.ceil(seconds / 1);
+    assert.ok(statusWrites <= budget, `status writes ${statusWrites} <= ${budget}`);
+    assert.ok(statusWrites >= 3, 'each stage change was written');
+    const finalizerWrites = requests.filter(
+      (event) => event.verb === 'patch' && !event.objectRef?.subresource,
+    ).length;
+    assert.equal(finalizerWrites, 1, 'one finalizer patch');
+  });
+});

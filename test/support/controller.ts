@@ -1,0 +1,146 @@
+// Runs the real controller (node src/main.ts) against the rig's API server, as a separate
+// process so that tests can SIGKILL and restart it, with the RBAC the chart grants.
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
+import type { KubeControlPlane } from '../rig/kube.ts';
+import { waitUntil } from '../rig/net.ts';
+import { ManagedProcess } from '../rig/processes.ts';
+import { projectRoot } from '../rig/tools.ts';
+
+export const CONTROLLER_NAMESPACE = 'lvp-system';
+export const CONTROLLER_SERVICE_ACCOUNT = 'libvirt-volume-provisioner';
+
+/** Applies crds/ and waits until the API server serves them. */
+export async function installCrds(cluster: KubeControlPlane): Promise<void> {
+  await cluster.kubectl(['apply', '--server-side', '-f', join(projectRoot, 'crds')]);
+  await cluster.kubectl([
+    'wait',
+    '--for=condition=Established',
+    '--timeout=60s',
+    '-f',
+    join(projectRoot, 'crds'),
+  ]);
+}
+
+/** Grants the controller's RBAC and returns a kubeconfig holding its ServiceAccount token. */
+export async function controllerKubeconfig(cluster: KubeControlPlane): Promise<string> {
+  await cluster.kubectl(['apply', '-f', join(projectRoot, 'test/integration/fixtures/controller-rbac.yaml')]);
+  return cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT);
+}
+
+export interface ControllerDirs {
+  cacheDir: string;
+  stateDir: string;
+  fileTargetDir: string;
+}
+
+export function controllerDirs(workDir: string): ControllerDirs {
+  const dirs = {
+    cacheDir: join(workDir, 'cache'),
+    stateDir: join(workDir, 'state'),
+    fileTargetDir: join(workDir, 'images'),
+  };
+  for (const dir of Object.values(dirs)) mkdirSync(dir, { recursive: true });
+  return dirs;
+}
+
+export interface ControllerProcess {
+  process: ManagedProcess;
+  /** The JSON log lines written so far. */
+  logs(): Record<string, unknown>[];
+}
+
+export async function startController(options: {
+  kubeconfig: string;
+  nodeName: string;
+  dirs: ControllerDirs;
+  logFile: string;
+  env?: Record<string, string>;
+}): Promise<ControllerProcess> {
+  const process_ = new ManagedProcess({
+    name: 'controller',
+    command: join(projectRoot, 'node_modules/.bin/node'),
+    args: [join(projectRoot, 'src/main.ts')],
+    cwd: projectRoot,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      KUBECONFIG: options.kubeconfig,
+      NODE_NAME: options.nodeName,
+      LVP_CACHE_DIR: options.dirs.cacheDir,
+      LVP_STATE_DIR: options.dirs.stateDir,
+      LVP_FILE_TARGET_DIR: options.dirs.fileTargetDir,
+      LVP_STATUS_UPDATE_INTERVAL_SECONDS: '1',
+      LOG_LEVEL: 'debug',
+      ...options.env,
+    },
+    logFile: options.logFile,
+  });
+  const logs = () =>
+    readFileSync(options.logFile, 'utf8')
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  await waitUntil(async () => logs().some((line) => line.message === 'controller started'), {
+    what: 'controller start-up',
+    timeoutMs: 30_000,
+    process: process_,
+  });
+  return { process: process_, logs };
+}
+
+/** Typed access to VolumeProvision objects for tests. */
+export function volumeProvisions(config: KubeConfig, namespace: string) {
+  const api = config.makeApiClient(CustomObjectsApi);
+  const resource = { group: GROUP, version: VERSION, plural: VOLUME_PROVISION.plural, namespace };
+  return {
+    create: async (body: Omit<VolumeProvision, 'apiVersion' | 'kind'>) =>
+      (await api.createNamespacedCustomObject({
+        ...resource,
+        body: { apiVersion: `${GROUP}/${VERSION}`, kind: VOLUME_PROVISION.kind, ...body },
+      })) as VolumeProvision,
+    get: async (name: string) =>
+      (await api.getNamespacedCustomObject({ ...resource, name })) as VolumeProvision,
+    list: async () =>
+      ((await api.listNamespacedCustomObject(resource)) as { items: VolumeProvision[] }).items,
+    delete: (name: string) => api.deleteNamespacedCustomObject({ ...resource, name }),
+    /** Polls until `predicate` holds for the object; returns it. */
+    async waitFor(
+      name: string,
+      what: string,
+      predicate: (object: VolumeProvision) => boolean,
+      timeoutMs = 60_000,
+    ) {
+      let latest: VolumeProvision | undefined;
+      await waitUntil(
+        async () => {
+          latest = (await api.getNamespacedCustomObject({ ...resource, name })) as VolumeProvision;
+          return predicate(latest);
+        },
+        { what: `${namespace}/${name}: ${what}`, timeoutMs, intervalMs: 100 },
+      ).catch((error: unknown) => {
+        throw new Error(`${(error as Error).message}\nlast status: ${JSON.stringify(latest?.status)}`);
+      });
+      return latest as VolumeProvision;
+    },
+    async waitGone(name: string, timeoutMs = 30_000) {
+      await waitUntil(
+        async () => {
+          try {
+            await api.getNamespacedCustomObject({ ...resource, name });
+            return false;
+          } catch (error) {
+            return (error as { code?: number }).code === 404;
+          }
+        },
+        { what: `${namespace}/${name} to be deleted`, timeoutMs, intervalMs: 100 },
+      );
+    },
+  };
+}
+
+export const isReady = (object: VolumeProvision): boolean =>
+  object.status?.conditions?.some((condition) => condition.type === 'Ready' && condition.status === 'True') ??
+  false;

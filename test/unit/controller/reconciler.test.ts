@@ -1,0 +1,206 @@
+// The reconciler's decisions, with narrow fakes for everything around it. The same
+// behaviour is proven against a real API server in test/integration/controller.test.ts.
+import assert from 'node:assert/strict';
+import { beforeEach, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { FINALIZER, type VolumeProvision, type VolumeProvisionStatus } from '../../../src/api/v1alpha1.ts';
+import { Reconciler } from '../../../src/controller/reconciler.ts';
+import { JobRunner } from '../../../src/jobs/runner.ts';
+import type { EventType } from '../../../src/k8s/api.ts';
+import { type ObjectRef, StatusWriter } from '../../../src/k8s/status-writer.ts';
+import {
+  type Pipeline,
+  PipelineError,
+  type ProvisionOptions,
+  type ProvisionRequest,
+} from '../../../src/pipeline/types.ts';
+import { FakeClock } from '../../support/fake-clock.ts';
+
+const KEY = 'ns/vm-disk';
+
+function volumeProvision(overrides: Partial<VolumeProvision['metadata']> = {}): VolumeProvision {
+  return {
+    apiVersion: 'lvp.dev/v1alpha1',
+    kind: 'VolumeProvision',
+    metadata: {
+      namespace: 'ns',
+      name: 'vm-disk',
+      uid: 'uid-1',
+      generation: 1,
+      resourceVersion: '1',
+      finalizers: [FINALIZER],
+      ...overrides,
+    },
+    spec: {
+      nodeName: 'hv-1',
+      source: { url: 's3://images/disk.qcow2', format: 'qcow2', secretRef: { name: 'creds' } },
+      target: { type: 'file', volumeName: 'vm-disk', size: '1Gi' },
+      reclaimPolicy: 'Delete',
+    },
+  };
+}
+
+/** A pipeline whose outcome each test decides; it waits for the signal when told to block. */
+class ScriptedPipeline implements Pipeline {
+  outcome: 'succeed' | 'block' | PipelineError = 'succeed';
+  requests: ProvisionRequest[] = [];
+  released: string[] = [];
+
+  async provision(request: ProvisionRequest, options: ProvisionOptions) {
+    this.requests.push(request);
+    options.onProgress({
+      stage: 'Downloading',
+      stagePercent: 50,
+      overallPercent: 20,
+      bytesProcessed: 5,
+      bytesTotal: 10,
+    });
+    if (this.outcome === 'block') {
+      await new Promise((_, reject) =>
+        options.signal.addEventListener('abort', () => reject(options.signal.reason)),
+      );
+    }
+    if (this.outcome instanceof PipelineError) throw this.outcome;
+    return { devicePath: '/images/vm-disk', virtualSize: 1024, cacheHit: false };
+  }
+
+  async release(request: Pick<ProvisionRequest, 'uid'>) {
+    this.released.push(request.uid);
+  }
+}
+
+const settle = async () => {
+  for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setImmediate(resolve));
+};
+
+describe('Reconciler', () => {
+  let object: VolumeProvision | undefined;
+  let pipeline: ScriptedPipeline;
+  let finalizerPatches: string[][];
+  let statusPatches: object[];
+  let events: { type: EventType; reason: string }[];
+  let requeued: string[];
+  let secrets: Record<string, string> | undefined;
+  let reconciler: Reconciler;
+  let writer: StatusWriter;
+  let clock: FakeClock;
+
+  beforeEach(() => {
+    object = volumeProvision();
+    pipeline = new ScriptedPipeline();
+    finalizerPatches = [];
+    statusPatches = [];
+    events = [];
+    requeued = [];
+    secrets = { accessKeyId: 'AKIA', secretKey: 'shh' };
+    clock = new FakeClock();
+    writer = new StatusWriter(
+      { patchStatus: async (_ref: ObjectRef, patch: object) => void statusPatches.push(patch) },
+      { intervalMs: 5_000, clock },
+    );
+    reconciler = new Reconciler({
+      nodeName: 'hv-1',
+      cache: { get: (key) => (key === KEY ? object : undefined) },
+      objects: { setFinalizers: async (_object, finalizers) => void finalizerPatches.push(finalizers) },
+      secrets: { read: async () => secrets },
+      events: { record: (_object, type, reason) => void events.push({ type, reason }) },
+      status: writer,
+      runner: new JobRunner(2),
+      pipeline,
+      clock,
+      logger: pino({ level: 'silent' }),
+      retryBackoff: { baseMs: 10_000, maxMs: 60_000 },
+      requeue: (key) => requeued.push(key),
+    });
+  });
+
+  const stage = (): VolumeProvisionStatus['stage'] => writer.current('uid-1')?.stage;
+
+  it('adds the finalizer before any work', async () => {
+    object = volumeProvision({ finalizers: [] });
+    await reconciler.reconcile(KEY);
+    assert.deepEqual(finalizerPatches, [[FINALIZER]]);
+    assert.equal(pipeline.requests.length, 0);
+  });
+
+  it('never touches an object meant for another node', async () => {
+    object = volumeProvision({ finalizers: [] });
+    (object as VolumeProvision).spec.nodeName = 'hv-2';
+    await reconciler.reconcile(KEY);
+    assert.deepEqual(finalizerPatches, []);
+    assert.equal(pipeline.requests.length, 0);
+    assert.equal(statusPatches.length, 0);
+  });
+
+  it("runs a job with the Secret's credentials and ends Completed with Ready=True", async () => {
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.deepEqual(pipeline.requests[0]?.credentials, { accessKeyId: 'AKIA', secretKey: 'shh' });
+    const status = writer.current('uid-1');
+    assert.equal(status?.stage, 'Completed');
+    assert.equal(status?.devicePath, '/images/vm-disk');
+    assert.equal(status?.attempts, 1);
+    assert.equal(status?.observedGeneration, 1);
+    assert.deepEqual(
+      status?.conditions?.map((c) => [c.type, c.status, c.reason, c.observedGeneration]),
+      [['Ready', 'True', 'Provisioned', 1]],
+    );
+    assert.deepEqual(events, [{ type: 'Normal', reason: 'Provisioned' }]);
+    assert.deepEqual(requeued, [KEY]);
+    await reconciler.reconcile(KEY);
+    assert.equal(pipeline.requests.length, 1, 'a completed object is not provisioned again');
+  });
+
+  it('fails for good on a terminal error, with its reason', async () => {
+    pipeline.outcome = new PipelineError('ChecksumMismatch', 'expected sha256:aa, got sha256:bb', {
+      terminal: true,
+    });
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.equal(stage(), 'Failed');
+    assert.equal(writer.current('uid-1')?.conditions?.[0]?.reason, 'ChecksumMismatch');
+    assert.deepEqual(events.at(-1), { type: 'Warning', reason: 'ChecksumMismatch' });
+    await reconciler.reconcile(KEY);
+    assert.equal(pipeline.requests.length, 1, 'terminal failures are not retried');
+  });
+
+  it('retries a retryable error only after its backoff', async () => {
+    secrets = undefined;
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.equal(stage(), 'Queued');
+    assert.equal(writer.current('uid-1')?.conditions?.[0]?.reason, 'SecretNotFound');
+    assert.match(writer.current('uid-1')?.message ?? '', /retrying in \d+s \(attempt 1\)/);
+    const early = await reconciler.reconcile(KEY);
+    assert.ok((early.requeueAfterMs ?? 0) > 0, 'asks to come back later');
+    assert.equal(pipeline.requests.length, 0);
+    secrets = { accessKeyId: 'a', secretKey: 'b' };
+    clock.advance(early.requeueAfterMs ?? 0);
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.equal(stage(), 'Completed');
+    assert.equal(writer.current('uid-1')?.attempts, 2);
+  });
+
+  it('on deletion cancels the running job without calling it failed, releases the volume, then drops the finalizer', async () => {
+    pipeline.outcome = 'block';
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.equal(stage(), 'Downloading');
+    object = volumeProvision({ deletionTimestamp: new Date() });
+    await reconciler.reconcile(KEY);
+    assert.deepEqual(pipeline.released, ['uid-1']);
+    assert.deepEqual(finalizerPatches, [[]]);
+    assert.ok(!events.some((event) => event.type === 'Warning'), 'a cancelled job is not a failure');
+    assert.ok(events.some((event) => event.reason === 'VolumeDeleted'));
+  });
+
+  it('keeps the volume when the reclaim policy is Retain', async () => {
+    object = volumeProvision({ deletionTimestamp: new Date() });
+    (object as VolumeProvision).spec.reclaimPolicy = 'Retain';
+    await reconciler.reconcile(KEY);
+    assert.deepEqual(pipeline.released, []);
+    assert.deepEqual(finalizerPatches, [[]]);
+    assert.ok(events.some((event) => event.reason === 'VolumeRetained'));
+  });
+});
