@@ -1,25 +1,68 @@
-// Starts the local environment: a real kube-apiserver with etcd and a real MinIO on loopback,
-// prints how to reach them, and stops everything on Ctrl-C or SIGTERM.
+// `npm run local`: a real kube-apiserver (with etcd) and MinIO on loopback, the CRDs, a
+// sample image in MinIO with a Secret for it, and the controller for node "local-node"
+// writing `file` targets, running with the RBAC the chart grants. Ctrl-C stops everything.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CoreV1Api } from '@kubernetes/client-node';
 import { startKubeControlPlane } from '../test/rig/kube.ts';
 import { startMinio } from '../test/rig/minio.ts';
-import { goTool } from '../test/rig/tools.ts';
+import { goTool, projectRoot } from '../test/rig/tools.ts';
 import { makeWorkDir } from '../test/rig/workdir.ts';
+import {
+  controllerDirs,
+  controllerKubeconfig,
+  installCrds,
+  startController,
+} from '../test/support/controller.ts';
+import { makeTestImage } from '../test/support/images.ts';
 
-const cluster = await startKubeControlPlane(makeWorkDir('kube'));
-const minio = await startMinio(makeWorkDir('minio')).catch(async (error: unknown) => {
-  await cluster.stop();
-  throw error;
+const NODE = 'local-node';
+const workDir = makeWorkDir('local');
+const cluster = await startKubeControlPlane(join(workDir, 'kube'));
+const minio = await startMinio(join(workDir, 'minio'));
+
+await installCrds(cluster);
+const image = await makeTestImage(workDir, 'sample', 96);
+const qcow2 = readFileSync(image.qcow2Path);
+await minio.client().makeBucket('images');
+await minio.client().putObject('images', 'sample.qcow2', qcow2, qcow2.length);
+await cluster
+  .adminConfig()
+  .makeApiClient(CoreV1Api)
+  .createNamespacedSecret({
+    namespace: 'default',
+    body: {
+      metadata: { name: 'minio-images' },
+      stringData: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
+    },
+  });
+
+const dirs = controllerDirs(join(workDir, 'node'));
+const logFile = join(workDir, 'controller.log');
+await startController({
+  kubeconfig: await controllerKubeconfig(cluster),
+  nodeName: NODE,
+  dirs,
+  logFile,
+  env: { LVP_S3_ENDPOINT: minio.endpoint, LOG_LEVEL: 'info' },
 });
 
+const kubectl = goTool('kubectl');
 console.log(`
-Local environment is up (logs under ${process.env.LVP_RIG_DIR}):
+The local environment is up. The controller runs for node "${NODE}" and writes file
+targets into ${dirs.fileTargetDir}.
 
-  Kubernetes API  ${cluster.server}
-    export KUBECONFIG=${cluster.kubeconfigPath}
-    alias kubectl=${goTool('kubectl')}
-  MinIO           ${minio.endpoint}
-    access key ${minio.accessKey}
-    secret key ${minio.secretKey}
+  Kubernetes API   ${cluster.server}
+  MinIO            ${minio.endpoint}  (bucket "images" holds sample.qcow2; Secret default/minio-images)
+  Controller log   ${logFile}
 
-Press Ctrl-C to stop.`);
+Try it in another shell:
+
+  export KUBECONFIG=${cluster.kubeconfigPath}
+  alias kubectl=${kubectl}
+  kubectl apply -f ${join(projectRoot, 'examples/local/volumeprovision.yaml')}
+  kubectl wait --for=condition=Ready vp/sample-disk --timeout=120s
+  kubectl get vp -o wide
+
+Press Ctrl-C to stop everything.`);
 // The daemons keep this process alive; test/rig/processes.ts stops them on Ctrl-C or SIGTERM.
