@@ -106,6 +106,12 @@ build_etcd() {
   go build -ldflags "-s -w" -o out/etcd go.etcd.io/etcd/server/v3
 }
 
+build_helm() {
+  mkdir -p "$1/out"
+  local pkg=helm.sh/helm/v3/internal/version
+  CGO_ENABLED=0 GOBIN="$1/out" go install -ldflags "-s -w -X $pkg.version=$LVP_HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$LVP_HELM_VERSION"
+}
+
 build_minio() {
   mkdir -p "$1/out"
   CGO_ENABLED=0 GOBIN="$1/out" go install -ldflags "-s -w" "github.com/minio/minio@$LVP_MINIO_VERSION"
@@ -127,6 +133,7 @@ main() {
       build_go_tool kubectl "$LVP_KUBERNETES_VERSION" build_kubectl
     fi
     build_go_tool minio "$LVP_MINIO_VERSION" build_minio
+    build_go_tool helm "$LVP_HELM_VERSION" build_helm
   fi
   log "all components ready in $((SECONDS - total))s (cache: $cache)"
 }

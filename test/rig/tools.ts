@@ -19,6 +19,7 @@ export const versions = {
   kubernetes: versionOf('LVP_KUBERNETES_VERSION'),
   etcd: versionOf('LVP_ETCD_VERSION'),
   minio: versionOf('LVP_MINIO_VERSION'),
+  helm: versionOf('LVP_HELM_VERSION'),
 };
 
 export function toolsDir(): string {
@@ -45,10 +46,19 @@ function executable(path: string): boolean {
 const installHint = 'run `bash scripts/rig/install-tools.sh` (npm test does this)';
 
 /** A Go-built component: KUBEBUILDER_ASSETS first, as controller-runtime users expect, then the cache. */
-export function goTool(name: 'kube-apiserver' | 'etcd' | 'kubectl' | 'minio'): string {
+const goToolVersions = {
+  'kube-apiserver': versions.kubernetes,
+  kubectl: versions.kubernetes,
+  etcd: versions.etcd,
+  minio: versions.minio,
+  helm: versions.helm,
+} as const;
+
+export function goTool(name: keyof typeof goToolVersions): string {
   const assets = process.env.KUBEBUILDER_ASSETS;
-  if (assets && name !== 'minio' && executable(join(assets, name))) return join(assets, name);
-  const version = name === 'etcd' ? versions.etcd : name === 'minio' ? versions.minio : versions.kubernetes;
+  const fromAssets = name === 'kube-apiserver' || name === 'etcd' || name === 'kubectl';
+  if (assets && fromAssets && executable(join(assets, name))) return join(assets, name);
+  const version = goToolVersions[name];
   const path = join(toolsDir(), 'bin', `${name}-${version}`, name);
   if (!executable(path)) throw new Error(`${name} ${version} is not installed at ${path}; ${installHint}`);
   return path;
