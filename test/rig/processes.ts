@@ -59,6 +59,11 @@ export class ManagedProcess {
     return this.#exit === undefined;
   }
 
+  /** How the process ended, once it has. */
+  get exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined {
+    return this.#exit;
+  }
+
   /** Throws a named error with the log's tail when the process has died. */
   assertRunning(): void {
     if (this.#exit !== undefined) {

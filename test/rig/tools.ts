@@ -20,6 +20,7 @@ export const versions = {
   etcd: versionOf('LVP_ETCD_VERSION'),
   minio: versionOf('LVP_MINIO_VERSION'),
   helm: versionOf('LVP_HELM_VERSION'),
+  hadolint: versionOf('LVP_HADOLINT_VERSION'),
 };
 
 export function toolsDir(): string {
@@ -71,4 +72,18 @@ export function systemTool(name: string): string {
     if (dir && executable(join(dir, name))) return join(dir, name);
   }
   throw new Error(`${name} is not installed; ${installHint}`);
+}
+
+/** The OTLP/gRPC receiver built by scripts/rig/install-otlp-receiver.sh (which records its version). */
+export function otlpReceiverTool(): string {
+  const hint = 'run `bash scripts/rig/install-otlp-receiver.sh`';
+  let version: string;
+  try {
+    version = readFileSync(join(toolsDir(), 'bin', 'otlp-receiver.version'), 'utf8').trim();
+  } catch {
+    throw new Error(`otlp-receiver is not installed in ${toolsDir()}; ${hint}`);
+  }
+  const path = join(toolsDir(), 'bin', `otlp-receiver-${version}`, 'otlp-receiver');
+  if (!executable(path)) throw new Error(`otlp-receiver ${version} is not installed at ${path}; ${hint}`);
+  return path;
 }

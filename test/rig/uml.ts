@@ -15,6 +15,12 @@ export interface UmlRunOptions {
   args?: readonly string[];
   /** Sizes of the ubd disks (ubda, ubdb, ...) in MiB; together they form `volumeGroup`. */
   disksMiB?: readonly number[];
+  /**
+   * Sizes of further ubd disks, after those of the VG, that stay out of it: each is formatted
+   * ext4 and mounted at /run/scratchN, and $LVP_UML_SCRATCH lists the mount points
+   * (space-separated). For files that need O_DIRECT, which neither hostfs nor tmpfs supports.
+   */
+  scratchDisksMiB?: readonly number[];
   volumeGroup?: string;
   env?: Readonly<Record<string, string>>;
   memoryMiB?: number;
@@ -33,12 +39,23 @@ export interface UmlResult {
 const shellQuote = (value: string): string => `'${value.replaceAll("'", `'\\''`)}'`;
 
 type UmlSettings = UmlRunOptions &
-  Required<Pick<UmlRunOptions, 'disksMiB' | 'volumeGroup' | 'memoryMiB' | 'timeoutMs'>>;
+  Required<Pick<UmlRunOptions, 'disksMiB' | 'scratchDisksMiB' | 'volumeGroup' | 'memoryMiB' | 'timeoutMs'>>;
+
+const ubdDevice = (index: number): string => `/dev/ubd${String.fromCharCode(97 + index)}`;
 
 function initScript(options: UmlSettings, outDir: string): string {
   const node = join(projectRoot, 'node_modules/.bin/node');
-  const disks = options.disksMiB.map((_, index) => `/dev/ubd${String.fromCharCode(97 + index)}`);
-  const env = { ...options.env, LVP_UML_OUT: '/mnt', LVP_UML_VG: options.volumeGroup };
+  const disks = options.disksMiB.map((_, index) => ubdDevice(index));
+  const scratch = options.scratchDisksMiB.map((_, index) => ({
+    device: ubdDevice(disks.length + index),
+    mountPoint: `/run/scratch${index}`,
+  }));
+  const env = {
+    ...options.env,
+    LVP_UML_OUT: '/mnt',
+    LVP_UML_VG: options.volumeGroup,
+    ...(scratch.length > 0 ? { LVP_UML_SCRATCH: scratch.map(({ mountPoint }) => mountPoint).join(' ') } : {}),
+  };
   const command = [node, resolve(projectRoot, options.script), ...(options.args ?? [])]
     .map(shellQuote)
     .join(' ');
@@ -62,6 +79,12 @@ CONF
 export LVM_SYSTEM_DIR=/run/lvm-etc DM_DISABLE_UDEV=1 TMPDIR=/run/tmp HOME=/run/tmp
 pvcreate -q ${disks.join(' ')}
 vgcreate -q ${shellQuote(options.volumeGroup)} ${disks.join(' ')}
+${scratch
+  .map(
+    ({ device, mountPoint }) =>
+      `mkfs.ext4 -q -F ${device}\nmkdir -p ${mountPoint}\nmount -t ext4 ${device} ${mountPoint}`,
+  )
+  .join('\n')}
 ${Object.entries(env)
   .map(([key, value]) => `export ${key}=${shellQuote(value)}`)
   .join('\n')}
@@ -77,6 +100,7 @@ busybox poweroff -f
 export async function runInUml(options: UmlRunOptions): Promise<UmlResult> {
   const settings: UmlSettings = {
     disksMiB: [512],
+    scratchDisksMiB: [],
     volumeGroup: 'lvptest',
     memoryMiB: 512,
     timeoutMs: 120_000,
@@ -84,7 +108,8 @@ export async function runInUml(options: UmlRunOptions): Promise<UmlResult> {
   };
   const outDir = join(settings.workDir, 'out');
   mkdirSync(outDir, { recursive: true });
-  const disks = settings.disksMiB.map((sizeMiB, index) => {
+  // The VG's disks first, then the scratch disks, in the order initScript() names them.
+  const disks = [...settings.disksMiB, ...settings.scratchDisksMiB].map((sizeMiB, index) => {
     const path = join(settings.workDir, `disk${index}.img`);
     writeFileSync(path, '');
     truncateSync(path, sizeMiB * 1024 * 1024);
