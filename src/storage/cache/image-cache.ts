@@ -1,185 +1,532 @@
-// The node-local image cache: one verified file per source URL, reused across jobs.
-// - An entry is keyed by sha256(URL) and stored with a small JSON record of what was
-//   verified (size, sha256, the checksum it matched). A record is written only after the
-//   image is complete and verified, and renamed into place, so a crash leaves no entry that
-//   looks valid.
-// - A lookup is a hit only if the source still matches: same size, and the checksum the job
-//   expects (spec checksum, or the bucket's `.sha256` object) equals the recorded one; a stale
-//   entry is evicted and downloaded again.
-// - Two jobs that want the same image share one download; it is aborted only when every job
-//   waiting for it has aborted.
-// Size/age limits with LRU eviction and a SQLite index are tracked in issue 4.
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+// The node-local image cache: verified images reused across jobs, bounded in size and age.
+//
+// Content-addressed: a file is named by its content's sha256 (`<sha256>.img`), and the index
+// in the node's database maps each source URL to the content it was last verified to hold.
+// A lookup knows only the URL (and maybe an expected checksum) before downloading, so the URL
+// is the key to ask with; the content is the key to store by, because
+// - two URLs with the same bytes (a copy in another bucket, an alias) share one file, and a
+//   source whose expected sha256 names content already here is a hit without any download;
+// - a new version of a URL lands in a new file, so a job still converting the old version keeps
+//   reading intact bytes while the next job downloads the new one.
+//
+// - A lookup is a hit only if the source still matches: the same size, and the checksum the job
+//   expects (spec checksum, or the bucket's `.sha256` object) is the one the entry was verified
+//   against (or, for sha256, the content's own digest). A stale or expired entry is dropped and
+//   downloaded again.
+// - Jobs that want the same image share one download, with progress for each; it is aborted
+//   only when every job waiting for it has aborted.
+// - Size (maxBytes) and age (maxAgeMs since the entry was verified) are bounded. Before a
+//   download, least-recently-used files are evicted until the new image fits. A file in use is
+//   never evicted: acquire returns a lease, and the lease is released after conversion. Leases
+//   live in memory only, since a crash ends every use.
+// - open() reconciles the folder with the index after a crash: partial files, files the index
+//   does not know and rows whose file is missing or damaged are removed.
+//
+// The index is read and written synchronously (node:sqlite), so each decision (lookup, choose
+// victims, commit and lease) is atomic with respect to other jobs without any lock.
+import { randomBytes } from 'node:crypto';
+import { renameSync, statSync } from 'node:fs';
+import { mkdir, open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Downloader, DownloadSource, SourceStat } from '../download/index.ts';
-import { isPartialFile } from '../download/index.ts';
+import { PipelineError } from '../../pipeline/types.ts';
+import { redactUrlText } from '../../telemetry/logger.ts';
+import { type Clock, systemClock } from '../../util/clock.ts';
+import type {
+  Downloader,
+  DownloadResult,
+  DownloadSource,
+  ExpectedChecksum,
+  SourceStat,
+} from '../download/index.ts';
+import { DownloadReason, isPartialFile, PARTIAL_FILE_PREFIX } from '../download/index.ts';
+import { errorCode } from '../download/source.ts';
+import type { StateDatabase } from '../state/database.ts';
+import type { RateRecorder } from '../state/stage-rates.ts';
+import { type BlobRow, CacheIndex, type EntryRow } from './cache-index.ts';
 
-export interface CacheEntry {
-  path: string;
-  sizeBytes: number;
-  sha256: string;
-  hit: boolean;
+export const CacheReason = {
+  /** evict() of an entry a running job is reading. Retried: the job ends. */
+  CachedImageInUse: 'CachedImageInUse',
+} as const;
+
+export interface ImageCacheOptions {
+  /** The cache folder; it holds only `<sha256>.img` files and the downloader's partial files. */
+  dir: string;
+  /** The node's database (StateDatabase.open), shared with the stage-rate store. */
+  database: StateDatabase;
+  downloader: Downloader;
+  /** The sum of the cached files' sizes never exceeds this. Default: unbounded. */
+  maxBytes?: number;
+  /** An entry this long after it was downloaded and verified is expired. Default: never. */
+  maxAgeMs?: number;
+  /** The rate of each download is recorded here (stage `download`). */
+  rates?: RateRecorder;
+  /** Warnings about files that could not be removed or synced in the background. */
+  logger?: { warn(fields: object, message: string): void };
+  clock?: Clock;
 }
 
-interface EntryRecord {
+/** A cached image held for one job: it is not evicted until `release()`. */
+export interface CacheLease {
+  readonly path: string;
+  readonly sizeBytes: number;
+  /** Of the content. */
+  readonly sha256: string;
+  /** Whether the image was already cached (no download). */
+  readonly hit: boolean;
+  /** Ends the use; idempotent. */
+  release(): void;
+}
+
+/** One entry as the CachedImage kind shows it. */
+export interface CachedImageInfo {
   url: string;
   sizeBytes: number;
   sha256: string;
-  /** `algorithm:hex` the download was verified against, if any. */
+  /** `algorithm:hex` the content was verified against, if the source had a checksum. */
   verifiedChecksum?: string;
-  cachedAt: string;
+  cachedAt: Date;
+  lastUsed: Date;
+  inUse: boolean;
+}
+
+export type RemovalReason = 'missingFile' | 'wrongFileSize' | 'expired' | 'overSizeLimit';
+
+export interface OpenReport {
+  /** File names removed from the cache folder. */
+  removedFiles: string[];
+  /** Index entries dropped, and why. */
+  removedEntries: { url: string; reason: RemovalReason }[];
 }
 
 type ProgressListener = (bytesDone: number, bytesTotal: number) => void;
 
-interface SharedDownload {
-  promise: Promise<CacheEntry>;
-  controller: AbortController;
-  waiters: number;
-  /** Every job waiting for the download sees its progress. */
-  listeners: Set<ProgressListener>;
+interface Waiter {
+  onProgress: ProgressListener | undefined;
+  resolve(lease: CacheLease): void;
+  reject(error: unknown): void;
 }
 
-const cacheKey = (url: string): string => createHash('sha256').update(url).digest('hex');
+interface SharedDownload {
+  key: string;
+  controller: AbortController;
+  waiters: Set<Waiter>;
+  /** Space held for the download until it is committed or fails. */
+  reservedBytes: number;
+}
+
+const BLOB_FILE = /^[0-9a-f]{64}\.img$/;
 
 export class ImageCache {
   readonly #dir: string;
+  readonly #index: CacheIndex;
   readonly #downloader: Downloader;
+  readonly #maxBytes: number;
+  readonly #maxAgeMs: number;
+  readonly #rates: RateRecorder | undefined;
+  readonly #logger: ImageCacheOptions['logger'];
+  readonly #clock: Clock;
+  /** Downloads that jobs can still join, by URL and expected content. */
   readonly #inflight = new Map<string, SharedDownload>();
+  /** Downloads still writing, joinable or not: their reservations count against maxBytes. */
+  readonly #downloading = new Set<SharedDownload>();
+  /** Leases per blob sha256. */
+  readonly #leases = new Map<string, number>();
+  /** Downloads and file removals still running, for close(). */
+  readonly #background = new Set<Promise<void>>();
 
-  constructor(dir: string, downloader: Downloader) {
-    this.#dir = dir;
-    this.#downloader = downloader;
-  }
-
-  /** Creates the folder and removes what a crash left: partial downloads and unrecorded files. */
-  async open(): Promise<{ removed: string[] }> {
-    await mkdir(this.#dir, { recursive: true });
-    const names = await readdir(this.#dir);
-    const removed: string[] = [];
-    for (const name of names) {
-      const recordless = name.endsWith('.img') && !names.includes(name.replace(/\.img$/, '.json'));
-      if (isPartialFile(name) || name.endsWith('.json.tmp') || recordless) {
-        await rm(join(this.#dir, name), { force: true });
-        removed.push(name);
-      }
-    }
-    return { removed };
+  constructor(options: ImageCacheOptions) {
+    const maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
+    const maxAgeMs = options.maxAgeMs ?? Number.POSITIVE_INFINITY;
+    if (!(maxBytes > 0)) throw new Error(`the cache's maxBytes must be positive, not ${maxBytes}`);
+    if (!(maxAgeMs > 0)) throw new Error(`the cache's maxAgeMs must be positive, not ${maxAgeMs}`);
+    this.#dir = options.dir;
+    this.#index = new CacheIndex(options.database);
+    this.#downloader = options.downloader;
+    this.#maxBytes = maxBytes;
+    this.#maxAgeMs = maxAgeMs;
+    this.#rates = options.rates;
+    this.#logger = options.logger;
+    this.#clock = options.clock ?? systemClock;
   }
 
   /**
-   * Returns a verified local copy of the source, downloading it on a miss.
-   * `stat` is the source's current size and expected checksum (Downloader.stat).
+   * Creates the folder and reconciles it with the index: call once at start-up, before any
+   * acquire. Removes partial files and unindexed `<sha256>.img` files, drops entries whose file
+   * is missing or has the wrong size, expired entries, and the least recently used entries
+   * while the cache is over maxBytes (the limit may have been lowered).
+   */
+  async open(): Promise<OpenReport> {
+    await mkdir(this.#dir, { recursive: true });
+    const removedEntries: OpenReport['removedEntries'] = [];
+    const drop = (sha256: string, reason: RemovalReason) => {
+      for (const url of this.#index.deleteBlob(sha256)) removedEntries.push({ url, reason });
+    };
+    for (const blob of this.#index.blobsByLastUse()) {
+      const size = this.#fileSize(blob.sha256);
+      if (size !== blob.sizeBytes) drop(blob.sha256, size === undefined ? 'missingFile' : 'wrongFileSize');
+    }
+    for (const entry of this.#expiredEntries()) {
+      this.#index.deleteEntry(entry.url);
+      removedEntries.push({ url: entry.url, reason: 'expired' });
+    }
+    for (const sha256 of this.#index.unreferencedBlobs()) this.#index.deleteBlob(sha256);
+    for (const blob of this.#victims(0) ?? []) drop(blob.sha256, 'overSizeLimit');
+
+    // Every file the index no longer names is garbage; anything else in the folder is left alone.
+    const indexed = new Set(this.#index.blobsByLastUse().map((blob) => blobFileName(blob.sha256)));
+    const removedFiles: string[] = [];
+    for (const file of await readdir(this.#dir, { withFileTypes: true })) {
+      const garbage = isPartialFile(file.name) || (BLOB_FILE.test(file.name) && !indexed.has(file.name));
+      if (!file.isFile() || !garbage) continue;
+      await rm(join(this.#dir, file.name), { force: true });
+      removedFiles.push(file.name);
+    }
+    return { removedFiles, removedEntries };
+  }
+
+  /**
+   * A verified local copy of the source, downloaded on a miss, held until the lease is
+   * released. `stat` is the source's current size and expected checksum (Downloader.stat).
+   * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
    */
   async acquire(
     source: DownloadSource,
     stat: SourceStat,
-    options: { signal: AbortSignal; onProgress: ProgressListener },
-  ): Promise<CacheEntry> {
-    const key = cacheKey(source.url);
-    const hit = await this.#lookup(key, stat);
-    if (hit) return hit;
-    let shared = this.#inflight.get(key);
-    if (!shared) {
-      const controller = new AbortController();
-      const listeners = new Set<ProgressListener>();
-      const created: SharedDownload = {
-        controller,
-        waiters: 0,
-        listeners,
-        promise: this.#download(key, source, stat, controller.signal, (done, total) => {
-          for (const listener of listeners) listener(done, total);
-        }).finally(() => this.#inflight.delete(key)),
-      };
-      this.#inflight.set(key, created);
-      shared = created;
-    }
-    return this.#wait(shared, options.signal, options.onProgress);
+    options: { signal: AbortSignal; onProgress?: ProgressListener },
+  ): Promise<CacheLease> {
+    options.signal.throwIfAborted();
+    this.#sweepExpired();
+    const cached = this.#lookup(source.url, stat);
+    if (cached) return cached;
+    const key = downloadKey(source.url, stat);
+    const shared = this.#inflight.get(key) ?? this.#startDownload(key, source, stat);
+    return this.#join(shared, options.signal, options.onProgress);
   }
 
-  async #wait(
-    shared: SharedDownload,
-    signal: AbortSignal,
-    onProgress: ProgressListener,
-  ): Promise<CacheEntry> {
-    signal.throwIfAborted();
-    shared.waiters += 1;
-    shared.listeners.add(onProgress);
-    let onAbort = () => {};
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => {
-        shared.waiters -= 1;
-        if (shared.waiters === 0) shared.controller.abort(signal.reason);
-        reject(signal.reason);
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-    try {
-      return await Promise.race([shared.promise, aborted]);
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-      shared.listeners.delete(onProgress);
-      if (!signal.aborted) shared.waiters -= 1;
-    }
-  }
-
-  async #lookup(key: string, stat: SourceStat): Promise<CacheEntry | undefined> {
-    let record: EntryRecord;
-    try {
-      record = JSON.parse(await readFile(this.#recordPath(key), 'utf8')) as EntryRecord;
-    } catch {
-      return undefined;
-    }
-    const expected = stat.expectedChecksum;
-    const matches =
-      record.sizeBytes === stat.sizeBytes &&
-      (!expected ||
-        record.verifiedChecksum === `${expected.algorithm}:${expected.hex}` ||
-        (expected.algorithm === 'sha256' && record.sha256 === expected.hex));
-    if (!matches) {
-      await this.#evict(key);
-      return undefined;
-    }
-    return { path: this.#imagePath(key), sizeBytes: record.sizeBytes, sha256: record.sha256, hit: true };
-  }
-
-  async #download(
-    key: string,
+  /** Caches the source (the CachedImage kind's pre-warm): acquire and release at once. */
+  async prewarm(
     source: DownloadSource,
     stat: SourceStat,
     signal: AbortSignal,
-    onProgress: ProgressListener,
-  ): Promise<CacheEntry> {
-    const result = await this.#downloader.download(source, {
-      destinationPath: this.#imagePath(key),
-      signal,
-      onProgress: ({ bytesDone, bytesTotal }) => onProgress(bytesDone, bytesTotal),
-    });
+  ): Promise<{ sizeBytes: number; sha256: string; hit: boolean; lastUsed: Date }> {
+    const lease = await this.acquire(source, stat, { signal });
+    lease.release();
+    const { sizeBytes, sha256, hit } = lease;
+    return { sizeBytes, sha256, hit, lastUsed: new Date(this.#clock.now()) };
+  }
+
+  /** Every entry, most recently used first. */
+  list(): CachedImageInfo[] {
+    return this.#index.entries().map((entry) => ({
+      url: entry.url,
+      sizeBytes: entry.sizeBytes,
+      sha256: entry.sha256,
+      ...(entry.verifiedChecksum ? { verifiedChecksum: entry.verifiedChecksum } : {}),
+      cachedAt: new Date(entry.createdAt),
+      lastUsed: new Date(entry.lastUsedAt),
+      inUse: this.#leases.has(entry.sha256),
+    }));
+  }
+
+  /**
+   * Removes the entry for `url` (and its file, unless another URL has the same content).
+   * Returns false if there is none; throws CachedImageInUse while a job uses it.
+   */
+  async evict(url: string): Promise<boolean> {
+    const entry = this.#index.entry(url);
+    if (!entry) return false;
+    const uses = this.#leases.get(entry.sha256);
+    if (uses !== undefined)
+      throw new PipelineError(
+        CacheReason.CachedImageInUse,
+        `the cached image of ${redactUrlText(url)} is in use by ${uses} running job(s); it can be evicted when they finish`,
+        { terminal: false },
+      );
+    this.#index.deleteEntry(url);
+    await this.#dropIfUnused(entry.sha256);
+    return true;
+  }
+
+  /** Aborts the downloads in progress and waits until they and file removals have finished. */
+  async close(): Promise<void> {
+    for (const shared of this.#downloading) shared.controller.abort(new Error('the image cache is closing'));
+    while (this.#background.size > 0) await Promise.all(this.#background);
+  }
+
+  #lookup(url: string, stat: SourceStat): CacheLease | undefined {
+    const entry = this.#index.entry(url);
+    if (entry) {
+      const current = matches(entry, stat) && !this.#isExpired(entry);
+      if (current && this.#fileSize(entry.sha256) === entry.sizeBytes)
+        return this.#lease(url, entry.sha256, entry.sizeBytes, true);
+      this.#index.deleteEntry(url);
+      this.#track(this.#dropIfUnused(entry.sha256));
+    }
+    // The source says which content it holds, and that content is already here.
     const expected = stat.expectedChecksum;
-    const record: EntryRecord = {
-      url: source.url,
-      sizeBytes: result.sizeBytes,
-      sha256: result.sha256,
-      ...(expected ? { verifiedChecksum: `${expected.algorithm}:${expected.hex}` } : {}),
-      cachedAt: new Date().toISOString(),
+    const blob = expected?.algorithm === 'sha256' ? this.#index.blob(expected.hex) : undefined;
+    if (expected && blob?.sizeBytes === stat.sizeBytes && this.#fileSize(blob.sha256) === blob.sizeBytes) {
+      this.#index.record(
+        { url, sha256: blob.sha256, sizeBytes: blob.sizeBytes, verifiedChecksum: checksumText(expected) },
+        this.#clock.now(),
+      );
+      return this.#lease(url, blob.sha256, blob.sizeBytes, true);
+    }
+    return undefined;
+  }
+
+  #startDownload(key: string, source: DownloadSource, stat: SourceStat): SharedDownload {
+    const room = this.#makeRoom(stat.sizeBytes, stat.description);
+    const shared: SharedDownload = {
+      key,
+      controller: new AbortController(),
+      waiters: new Set(),
+      reservedBytes: stat.sizeBytes,
     };
-    const temporary = `${this.#recordPath(key)}.${randomBytes(4).toString('hex')}.json.tmp`;
-    await writeFile(temporary, JSON.stringify(record));
-    await rename(temporary, this.#recordPath(key));
-    return { path: result.path, sizeBytes: result.sizeBytes, sha256: result.sha256, hit: false };
+    this.#inflight.set(key, shared);
+    this.#downloading.add(shared);
+    this.#track(this.#download(shared, source, stat, room));
+    return shared;
   }
 
-  async #evict(key: string): Promise<void> {
-    await rm(this.#recordPath(key), { force: true });
-    await rm(this.#imagePath(key), { force: true });
+  /** Settles every waiter; never rejects. */
+  async #download(shared: SharedDownload, source: DownloadSource, stat: SourceStat, room: Promise<void>) {
+    // A partial-file name: if the process dies before the commit, open() removes it.
+    const incoming = join(this.#dir, `${PARTIAL_FILE_PREFIX}incoming-${randomBytes(8).toString('hex')}`);
+    try {
+      await room;
+      const startedAt = this.#clock.now();
+      const result = await this.#downloader.download(source, {
+        destinationPath: incoming,
+        signal: shared.controller.signal,
+        onProgress: ({ bytesDone, bytesTotal }) => {
+          for (const waiter of shared.waiters) waiter.onProgress?.(bytesDone, bytesTotal);
+        },
+      });
+      this.#rates?.record('download', result.sizeBytes, (this.#clock.now() - startedAt) / 1000);
+      // From here to the last resolve nothing awaits: no eviction can come between the commit
+      // and the leases.
+      this.#commit(source.url, stat, result, incoming);
+      this.#endDownload(shared);
+      for (const waiter of shared.waiters)
+        waiter.resolve(this.#lease(source.url, result.sha256, result.sizeBytes, false));
+    } catch (error) {
+      this.#endDownload(shared);
+      await rm(incoming, { force: true });
+      for (const waiter of shared.waiters) waiter.reject(error);
+    }
+    shared.waiters.clear();
   }
 
-  #imagePath(key: string): string {
-    return join(this.#dir, `${key}.img`);
+  #endDownload(shared: SharedDownload): void {
+    this.#downloading.delete(shared);
+    if (this.#inflight.get(shared.key) === shared) this.#inflight.delete(shared.key);
   }
 
-  #recordPath(key: string): string {
-    return join(this.#dir, `${key}.json`);
+  /** Moves the verified file into place (or drops it if that content is here) and indexes it. */
+  #commit(url: string, stat: SourceStat, result: DownloadResult, incoming: string): void {
+    const { sha256, sizeBytes } = result;
+    if (this.#index.blob(sha256) && this.#fileSize(sha256) === sizeBytes) {
+      this.#track(rm(incoming, { force: true }));
+    } else {
+      renameSync(incoming, this.#blobPath(sha256));
+      // Until synced, a power loss may lose the rename; open() then drops the entry.
+      this.#track(fsyncFolder(this.#dir));
+    }
+    const previous = this.#index.entry(url);
+    const expected = stat.expectedChecksum;
+    // The downloader verified against the checksum it read itself; a sha256 that differs from
+    // the one `stat` saw means the source changed between the two, so it is not recorded.
+    const verified = expected && (expected.algorithm !== 'sha256' || expected.hex === sha256);
+    this.#index.record(
+      { url, sha256, sizeBytes, ...(verified ? { verifiedChecksum: checksumText(expected) } : {}) },
+      this.#clock.now(),
+    );
+    if (previous && previous.sha256 !== sha256) this.#track(this.#dropIfUnused(previous.sha256));
+  }
+
+  #join(shared: SharedDownload, signal: AbortSignal, onProgress?: ProgressListener): Promise<CacheLease> {
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        shared.waiters.delete(waiter);
+        if (shared.waiters.size === 0) {
+          // Nobody wants the image any more: stop the transfer; the downloader removes its file.
+          if (this.#inflight.get(shared.key) === shared) this.#inflight.delete(shared.key);
+          shared.controller.abort(signal.reason);
+        }
+        reject(signal.reason);
+      };
+      const waiter: Waiter = {
+        onProgress,
+        resolve: (lease) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(lease);
+        },
+        reject: (error) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      shared.waiters.add(waiter);
+    });
+  }
+
+  #lease(url: string, sha256: string, sizeBytes: number, hit: boolean): CacheLease {
+    this.#index.touch(url, sha256, this.#clock.now());
+    this.#leases.set(sha256, (this.#leases.get(sha256) ?? 0) + 1);
+    let released = false;
+    return {
+      path: this.#blobPath(sha256),
+      sizeBytes,
+      sha256,
+      hit,
+      release: () => {
+        if (released) return;
+        released = true;
+        const uses = (this.#leases.get(sha256) ?? 1) - 1;
+        if (uses > 0) this.#leases.set(sha256, uses);
+        else this.#leases.delete(sha256);
+        this.#index.touch(url, sha256, this.#clock.now());
+        this.#track(this.#dropIfUnused(sha256));
+      },
+    };
+  }
+
+  /**
+   * Evicts least-recently-used files not in use until `sizeBytes` more fits; throws if it
+   * cannot. Resolves when the evicted files are gone.
+   */
+  #makeRoom(sizeBytes: number, description: string): Promise<void> {
+    if (sizeBytes > this.#maxBytes)
+      throw new PipelineError(
+        DownloadReason.InsufficientCacheSpace,
+        `${description} is ${sizeBytes} bytes, more than the whole image cache may hold (${this.#maxBytes} bytes); raise the cache size limit`,
+        { terminal: false },
+      );
+    const victims = this.#victims(sizeBytes);
+    if (!victims)
+      throw new PipelineError(
+        DownloadReason.InsufficientCacheSpace,
+        `${description} needs ${sizeBytes} bytes in the image cache, but images in use by running jobs and downloads in progress hold ${this.#heldBytes()} of its ${this.#maxBytes} bytes; it is retried`,
+        { terminal: false },
+      );
+    return Promise.all(victims.map((blob) => this.#removeBlob(blob.sha256))).then(() => {});
+  }
+
+  /** The least recently used blobs not in use whose removal lets `sizeBytes` more fit; undefined if none do. */
+  #victims(sizeBytes: number): BlobRow[] | undefined {
+    const reserved = [...this.#downloading].reduce((sum, shared) => sum + shared.reservedBytes, 0);
+    let used = this.#index.totalBytes() + reserved;
+    const victims: BlobRow[] = [];
+    for (const blob of this.#index.blobsByLastUse()) {
+      if (used + sizeBytes <= this.#maxBytes) break;
+      if (this.#leases.has(blob.sha256)) continue;
+      victims.push(blob);
+      used -= blob.sizeBytes;
+    }
+    return used + sizeBytes <= this.#maxBytes ? victims : undefined;
+  }
+
+  /** Bytes that cannot be evicted now: files in use and downloads in progress. */
+  #heldBytes(): number {
+    const leased = this.#index
+      .blobsByLastUse()
+      .filter((blob) => this.#leases.has(blob.sha256))
+      .reduce((sum, blob) => sum + blob.sizeBytes, 0);
+    return [...this.#downloading].reduce((sum, shared) => sum + shared.reservedBytes, leased);
+  }
+
+  #sweepExpired(): void {
+    for (const entry of this.#expiredEntries()) {
+      if (this.#leases.has(entry.sha256)) continue;
+      this.#index.deleteEntry(entry.url);
+      this.#track(this.#dropIfUnused(entry.sha256));
+    }
+  }
+
+  #expiredEntries(): EntryRow[] {
+    if (this.#maxAgeMs === Number.POSITIVE_INFINITY) return [];
+    return this.#index.createdBefore(this.#clock.now() - this.#maxAgeMs);
+  }
+
+  #isExpired(entry: EntryRow): boolean {
+    return entry.createdAt < this.#clock.now() - this.#maxAgeMs;
+  }
+
+  /** Removes the blob if no entry points at it and no job uses it. */
+  async #dropIfUnused(sha256: string): Promise<void> {
+    if (this.#leases.has(sha256) || this.#index.isReferenced(sha256)) return;
+    await this.#removeBlob(sha256);
+  }
+
+  /** Async so that errors reject; everything up to the unlink happens synchronously, at the call. */
+  async #removeBlob(sha256: string): Promise<void> {
+    this.#index.deleteBlob(sha256);
+    // Renamed away at once, so that the same content committed again before the unlink ends
+    // is not deleted with it; a crash leaves a partial file, which open() removes.
+    const doomed = join(this.#dir, `${PARTIAL_FILE_PREFIX}evicted-${randomBytes(8).toString('hex')}`);
+    try {
+      renameSync(this.#blobPath(sha256), doomed);
+    } catch (error) {
+      if (errorCode(error) === 'ENOENT') return;
+      throw error;
+    }
+    await rm(doomed, { force: true });
+  }
+
+  /** Keeps a promise for close(); a failure is only logged, since open() cleans up after it. */
+  #track(work: Promise<void>): void {
+    const settled = work.then(
+      () => {},
+      (error: unknown) =>
+        this.#logger?.warn({ err: error, dir: this.#dir }, 'image cache background work failed'),
+    );
+    this.#background.add(settled);
+    void settled.finally(() => this.#background.delete(settled));
+  }
+
+  #fileSize(sha256: string): number | undefined {
+    return statSync(this.#blobPath(sha256), { throwIfNoEntry: false })?.size;
+  }
+
+  #blobPath(sha256: string): string {
+    return join(this.#dir, blobFileName(sha256));
+  }
+}
+
+function blobFileName(sha256: string): string {
+  return `${sha256}.img`;
+}
+
+function checksumText(checksum: ExpectedChecksum): string {
+  return `${checksum.algorithm}:${checksum.hex}`;
+}
+
+/** Jobs share a download only if they expect the same content. */
+function downloadKey(url: string, stat: SourceStat): string {
+  const expected = stat.expectedChecksum;
+  return [url, stat.sizeBytes, expected ? checksumText(expected) : ''].join('\n');
+}
+
+/** Whether the entry still holds what the source holds now. */
+function matches(entry: EntryRow, stat: SourceStat): boolean {
+  const expected = stat.expectedChecksum;
+  if (entry.sizeBytes !== stat.sizeBytes) return false;
+  if (!expected) return true;
+  return (
+    entry.verifiedChecksum === checksumText(expected) ||
+    (expected.algorithm === 'sha256' && entry.sha256 === expected.hex)
+  );
+}
+
+/** Makes renames in `folder` durable. */
+async function fsyncFolder(folder: string): Promise<void> {
+  const handle = await open(folder, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
