@@ -1,0 +1,353 @@
+// Observability of the real controller process: a real Prometheus scrapes it over mTLS with
+// a bearer token (as the seed's ServiceMonitor does) after a provision, a cache hit, a failed
+// and a cancelled job; promtool checks the exposition; a real OTLP/gRPC receiver gets the
+// spans of one provision, in the trace of the traceparent annotation its creator set, with
+// the trace_id its log lines carry.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { CoreV1Api } from '@kubernetes/client-node';
+import { TRACEPARENT_ANNOTATION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
+import { makeServerCertificate, type ServerCertificate } from '../rig/certs.ts';
+import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
+import { type MinioServer, startMinio } from '../rig/minio.ts';
+import { freePort, waitUntil } from '../rig/net.ts';
+import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../rig/otlp.ts';
+import { systemTool } from '../rig/tools.ts';
+import { makeWorkDir } from '../rig/workdir.ts';
+import {
+  type ControllerProcess,
+  controllerDirs,
+  controllerKubeconfig,
+  installCrds,
+  isReady,
+  startController,
+  volumeProvisions,
+} from '../support/controller.ts';
+import { type ImageServer, startImageServer } from '../support/image-server.ts';
+import { makeTestImage } from '../support/images.ts';
+import { SEED_METRICS } from '../unit/telemetry/seed-metrics.ts';
+import {
+  makeClientCertificate,
+  type PrometheusServer,
+  startPrometheus,
+} from './fixtures/observability/prometheus.ts';
+
+const run = promisify(execFile);
+const NAMESPACE = 'observed';
+const NODE = 'hv-o';
+const TOKEN = 'scrape-token-0123456789';
+const CREATOR_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+const CREATOR_SPAN = '00f067aa0ba902b7';
+
+interface TlsResponse {
+  status: number;
+  body: string;
+}
+
+function httpsGet(
+  url: string,
+  options: { ca: Buffer; cert?: Buffer; key?: Buffer; token?: string },
+): Promise<TlsResponse> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        ca: options.ca,
+        ...(options.cert ? { cert: options.cert } : {}),
+        ...(options.key ? { key: options.key } : {}),
+        headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          body += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+describe('observability of the real controller', { timeout: 600_000 }, () => {
+  let cluster: KubeControlPlane;
+  let minio: MinioServer;
+  let images: ImageServer;
+  let otlp: OtlpReceiver;
+  let prometheus: PrometheusServer;
+  let controller: ControllerProcess;
+  let certs: ServerCertificate;
+  let client: { cert: Buffer; key: Buffer; ca: Buffer };
+  let base: string;
+  let vps: ReturnType<typeof volumeProvisions>;
+  let firstUid = '';
+
+  const spec = (name: string, url: string, extra: Partial<VolumeProvision['spec']['source']> = {}) => ({
+    nodeName: NODE,
+    source: {
+      url,
+      format: 'qcow2' as const,
+      ...(url.startsWith('s3://') ? { secretRef: { name: 'minio' } } : {}),
+      ...extra,
+    },
+    target: { type: 'file' as const, volumeName: `${name}.img`, size: '64Mi' },
+    reclaimPolicy: 'Delete' as const,
+  });
+
+  before(async () => {
+    const workDir = makeWorkDir('observability');
+    [cluster, minio, images, otlp] = await Promise.all([
+      startKubeControlPlane(join(workDir, 'kube')),
+      startMinio(join(workDir, 'minio')),
+      startImageServer(),
+      startOtlpReceiver(workDir),
+    ]);
+    await installCrds(cluster);
+    const kubeconfig = await controllerKubeconfig(cluster);
+    const core = cluster.adminConfig().makeApiClient(CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: NAMESPACE } } });
+    await core.createNamespacedSecret({
+      namespace: NAMESPACE,
+      body: {
+        metadata: { name: 'minio' },
+        stringData: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
+      },
+    });
+    const image = await makeTestImage(workDir, 'disk', 32);
+    const qcow2 = readFileSync(image.qcow2Path);
+    await minio.client().makeBucket('images');
+    await minio.client().putObject('images', 'disk.qcow2', qcow2, qcow2.length);
+    await minio.client().putObject('images', 'other.qcow2', qcow2, qcow2.length);
+    images.put('/slow.qcow2', qcow2);
+
+    certs = await makeServerCertificate(workDir, { commonName: 'libvirt-volume-provisioner' });
+    const clientFiles = await makeClientCertificate(workDir);
+    client = {
+      cert: readFileSync(clientFiles.cert),
+      key: readFileSync(clientFiles.key),
+      ca: readFileSync(certs.ca),
+    };
+    const tokenFile = join(workDir, 'token');
+    writeFileSync(tokenFile, `${TOKEN}\n`);
+    const port = await freePort();
+    base = `https://127.0.0.1:${port}`;
+    controller = await startController({
+      kubeconfig,
+      nodeName: NODE,
+      dirs: controllerDirs(join(workDir, 'node')),
+      logFile: join(workDir, 'controller.log'),
+      env: {
+        LVP_S3_ENDPOINT: minio.endpoint,
+        LVP_SERVER_PORT: String(port),
+        LVP_SERVER_ADDRESS: '127.0.0.1',
+        LVP_TLS_CERT_FILE: certs.cert,
+        LVP_TLS_KEY_FILE: certs.key,
+        LVP_TLS_CLIENT_CA_FILE: certs.ca,
+        LVP_METRICS_AUTH: 'token',
+        LVP_METRICS_TOKEN_FILE: tokenFile,
+        // No libvirtd runs here: the probe must report libvirt down.
+        LVP_LIBVIRT_URI: 'qemu+unix:///system?socket=/nonexistent/libvirt-sock',
+        LVP_DEPENDENCY_PROBE_INTERVAL_SECONDS: '1',
+        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.endpoint,
+        OTEL_SERVICE_NAME: 'lvp-observability-test',
+        OTEL_BSP_SCHEDULE_DELAY: '200',
+      },
+    });
+    prometheus = await startPrometheus(join(workDir), {
+      address: `127.0.0.1:${port}`,
+      caFile: certs.ca,
+      certFile: clientFiles.cert,
+      keyFile: clientFiles.key,
+      tokenFile,
+    });
+    vps = volumeProvisions(cluster.adminConfig(), NAMESPACE);
+  });
+
+  after(async () => {
+    await controller?.process.stop();
+    await prometheus?.stop();
+    await otlp?.stop();
+    await images?.close();
+    await minio?.stop();
+    await cluster?.stop();
+  });
+
+  it('serves health over mTLS only, and /metrics only with the bearer token', async () => {
+    const health = await httpsGet(`${base}/health`, client);
+    assert.equal(health.status, 200);
+    const body = JSON.parse(health.body) as Record<string, string>;
+    assert.equal(body.status, 'healthy');
+    assert.match(body.version ?? '', /^v\d+\.\d+\.\d+/);
+    assert.match(body.uptime ?? '', /^(\d+h)?(\d+m)?\d+s$/);
+    await assert.rejects(httpsGet(`${base}/health`, { ca: client.ca }), 'no client certificate, no TLS');
+    assert.equal((await httpsGet(`${base}/metrics`, client)).status, 401);
+    assert.equal((await httpsGet(`${base}/metrics`, { ...client, token: 'wrong' })).status, 401);
+    await waitUntil(async () => (await httpsGet(`${base}/readyz`, client)).status === 200, {
+      what: '/readyz',
+      timeoutMs: 30_000,
+    });
+  });
+
+  it('provisions, hits the cache, fails and cancels jobs', async () => {
+    const first = await vps.create({
+      metadata: {
+        name: 'first',
+        annotations: { [TRACEPARENT_ANNOTATION]: `00-${CREATOR_TRACE}-${CREATOR_SPAN}-01` },
+      },
+      spec: spec('first', 's3://images/disk.qcow2'),
+    });
+    firstUid = first.metadata?.uid ?? '';
+    await vps.waitFor('first', 'Ready', isReady);
+    await vps.create({ metadata: { name: 'second' }, spec: spec('second', 's3://images/disk.qcow2') });
+    assert.equal((await vps.waitFor('second', 'Ready', isReady)).status?.cacheHit, true);
+    await vps.create({
+      metadata: { name: 'broken' },
+      spec: spec('broken', 's3://images/other.qcow2', { checksum: `sha256:${'0'.repeat(64)}` }),
+    });
+    const broken = await vps.waitFor('broken', 'Failed', (object) => object.status?.stage === 'Failed');
+    assert.match(JSON.stringify(broken.status?.conditions), /ChecksumMismatch/);
+    images.setRate(1024 * 1024);
+    await vps.create({ metadata: { name: 'doomed' }, spec: spec('doomed', `${images.url}/slow.qcow2`) });
+    await vps.waitFor('doomed', 'Downloading', (object) => object.status?.stage === 'Downloading');
+    await vps.delete('doomed');
+    await vps.waitGone('doomed');
+    images.setRate(Number.POSITIVE_INFINITY);
+  });
+
+  it('lets Prometheus scrape every seed metric with the right values', async () => {
+    const one = async (expression: string) => {
+      const samples = await prometheus.query(expression);
+      const context =
+        samples.length === 1 ? '' : JSON.stringify(await prometheus.query(expression.replace(/\{.*$/, '')));
+      assert.equal(
+        samples.length,
+        1,
+        `${expression}: one sample, got ${JSON.stringify(samples)}; all: ${context}`,
+      );
+      return samples[0]?.value;
+    };
+    // A scrape is counted once its response is sent, so only a later scrape shows it.
+    await waitUntil(
+      async () =>
+        (await prometheus.query('libvirt_volume_provisioner_jobs_total{status="cancelled"} == 1')).length ===
+          1 &&
+        (
+          await prometheus.query(
+            'libvirt_volume_provisioner_requests_total{endpoint="/metrics",status="200"}',
+          )
+        ).length === 1,
+      { what: 'Prometheus to scrape the cancelled job', timeoutMs: 20_000, intervalMs: 500 },
+    );
+    for (const name of Object.keys(SEED_METRICS)) {
+      const series = await prometheus.query(`{__name__=~"${name}(_bucket|_count|_sum)?"}`);
+      assert.ok(series.length > 0, `Prometheus has ${name}`);
+    }
+    const p = 'libvirt_volume_provisioner_';
+    assert.equal(await one(`${p}jobs_total{status="completed"}`), 2);
+    assert.equal(await one(`${p}jobs_total{status="failed"}`), 1);
+    assert.equal(await one(`${p}jobs_total{status="cancelled"}`), 1);
+    assert.equal(await one(`${p}job_duration_seconds_count{status="completed"}`), 2);
+    assert.equal(await one(`${p}cache_hits_total`), 1);
+    assert.equal(await one(`${p}cache_misses_total`), 3);
+    assert.equal(await one(`${p}cache_hit_ratio`), 0.25);
+    assert.equal(await one(`${p}images_downloaded_total`), 1);
+    assert.equal(await one(`${p}image_download_size_bytes_count{image_type="qcow2"}`), 1);
+    assert.equal(await one(`${p}image_errors_total{operation="download",error_type="ChecksumMismatch"}`), 1);
+    assert.equal(await one(`${p}storage_operations_total{operation="acquire",result="success"}`), 2);
+    assert.equal(await one(`sum(${p}storage_errors_total)`), 0);
+    assert.equal(await one(`${p}stage_duration_seconds_count{stage="download"}`), 1);
+    assert.equal(await one(`${p}stage_duration_seconds_count{stage="convert"}`), 2);
+    assert.ok(((await one(`${p}stage_throughput_bytes_per_second{stage="convert"}`)) ?? 0) > 0);
+    assert.equal(await one(`${p}active_jobs`), 0);
+    assert.equal(await one(`${p}health_status`), 1);
+    assert.equal(await one(`${p}dependencies_up{dependency="minio"}`), 1);
+    assert.equal(await one(`${p}dependencies_up{dependency="storage"}`), 1);
+    assert.equal(await one(`${p}dependencies_up{dependency="libvirt"}`), 0);
+    assert.equal((await prometheus.query(`${p}dependencies_up{dependency="lvm"}`)).length, 1);
+    assert.ok(((await one(`${p}requests_total{method="GET",endpoint="/metrics",status="200"}`)) ?? 0) > 0);
+    assert.ok(((await one(`${p}request_duration_seconds_count{method="GET",endpoint="/metrics"}`)) ?? 0) > 0);
+    assert.ok(((await one('workqueue_adds_total{name="volumeprovision"}')) ?? 0) > 0);
+    assert.equal(await one('workqueue_depth{name="volumeprovision"}'), 0);
+    for (const name of [
+      'workqueue_queue_duration_seconds_count',
+      'workqueue_work_duration_seconds_count',
+      'workqueue_retries_total',
+    ])
+      assert.equal((await prometheus.query(`${name}{name="volumeprovision"}`)).length, 1, name);
+    assert.equal((await prometheus.query('process_cpu_user_seconds_total')).length, 1);
+    assert.equal((await prometheus.query('nodejs_heap_size_used_bytes')).length, 1);
+    const labels = await prometheus.query(`{__name__=~"${p}.*"}`);
+    const values = labels.flatMap(({ metric: { __name__: _name, ...rest } }) => Object.values(rest));
+    for (const name of ['first', 'second', 'broken', 'doomed', firstUid])
+      assert.ok(!values.some((value) => value.includes(name)), `no label holds ${name}`);
+  });
+
+  it('passes promtool check metrics', async () => {
+    const metrics = await httpsGet(`${base}/metrics`, { ...client, token: TOKEN });
+    assert.equal(metrics.status, 200);
+    const file = join(makeWorkDir('promtool'), 'metrics.txt');
+    writeFileSync(file, metrics.body);
+    const { stdout, stderr } = await run('sh', [
+      '-c',
+      `"${systemTool('promtool')}" check metrics < "${file}"`,
+    ]);
+    assert.equal(`${stdout}${stderr}`.trim(), '', 'promtool reports no problem');
+  });
+
+  it('exports the spans of one provision to a real OTLP receiver, linked to its creator and its logs', async () => {
+    let trace: ReceivedSpan[] = [];
+    await waitUntil(
+      async () => {
+        trace = otlp.spans().filter((span) => span.traceId === CREATOR_TRACE);
+        return ['runJob', 'DownloadImageToPath', 'CreateVolume', 'PopulateVolume'].every((name) =>
+          trace.some((span) => span.name === name),
+        );
+      },
+      { what: 'the provision spans', timeoutMs: 15_000, intervalMs: 250 },
+    );
+    const byName = (name: string) => trace.find((span) => span.name === name);
+    const job = byName('runJob');
+    assert.equal(job?.parentSpanId, CREATOR_SPAN, 'runJob continues the traceparent annotation');
+    assert.equal(job?.attributes['job.id'], firstUid);
+    assert.equal(job?.attributes['job.status'], 'completed');
+    assert.equal(job?.resource['service.name'], 'lvp-observability-test');
+    const download = byName('DownloadImageToPath');
+    assert.equal(download?.attributes['image.url'], 's3://images/disk.qcow2');
+    assert.ok(String(download?.attributes['image.destination_path']).length > 0);
+    for (const name of ['DownloadImageToPath', 'CreateVolume', 'PopulateVolume'])
+      assert.equal(byName(name)?.parentSpanId, job?.spanId, `${name} is a child of runJob`);
+    assert.equal(byName('CreateVolume')?.attributes['volume.name'], 'first.img');
+    assert.ok(
+      trace.some((span) => span.name === 'k8s PATCH volumeprovisions/status' && span.kind === 3),
+      'Kubernetes API calls of the job are CLIENT spans in its trace',
+    );
+    const jobLines = controller.logs().filter((line) => line.job_id === firstUid);
+    assert.ok(jobLines.length > 0);
+    for (const line of jobLines)
+      assert.equal(line.trace_id, CREATOR_TRACE, `${line.message} carries the trace`);
+
+    const spans = otlp.spans();
+    const failed = spans.find((span) => span.name === 'runJob' && span.attributes['job.status'] === 'failed');
+    assert.equal(failed?.statusCode, 2, 'a failed job is an error span');
+    const cancelled = spans.find(
+      (span) => span.name === 'runJob' && span.attributes['job.status'] === 'cancelled',
+    );
+    assert.equal(cancelled?.statusCode, 0, 'a cancelled job is not an error');
+    assert.ok(
+      spans.some((span) => span.name === 'DeleteVolume'),
+      'the deletion released the volume in a span',
+    );
+    assert.ok(
+      spans.some((span) => span.name === 'GET /metrics' && span.kind === 2),
+      'HTTP server spans',
+    );
+    assert.ok(!spans.some((span) => /watch/i.test(span.name)), 'no span for long watches');
+  });
+});
