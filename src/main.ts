@@ -1,15 +1,44 @@
 // Entry point of the controller pod: load configuration, connect to the API server, start the
 // controller, and stop it gracefully on SIGTERM within the configured timeout.
+import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
-import { ConfigError, loadConfig } from './config/config.ts';
+import { CACHED_IMAGE, type CachedImage } from './api/v1alpha1.ts';
+import { type Config, ConfigError, loadConfig } from './config/config.ts';
 import { Controller } from './controller/controller.ts';
-import { eventRecorder, secretReader, volumeProvisionApi } from './k8s/api.ts';
+import { customObjectApi, eventRecorder, secretReader, volumeProvisionApi } from './k8s/api.ts';
 import { errorMessage } from './k8s/errors.ts';
 import { createPipeline } from './pipeline/provisioner.ts';
+import {
+  type BearerCheck,
+  kubernetesReviewApi,
+  kubernetesTokenCheck,
+  staticTokenCheck,
+} from './server/auth.ts';
+import { startServer } from './server/server.ts';
+import { dependencyProbes, startProbes, writableDir } from './telemetry/dependencies.ts';
 import { createLogger } from './telemetry/logger.ts';
+import { ProvisionerMetrics } from './telemetry/metrics.ts';
+import { startTracing } from './telemetry/tracing.ts';
+
+/** `v` + package.json's version, as /health reports it. */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return `v${pkg.version}`;
+}
+
+function metricsAuth(config: Config, kubeConfig: KubeConfig): BearerCheck | undefined {
+  if (config.metricsAuth === 'token' && config.metricsTokenFile)
+    return staticTokenCheck(readFileSync(config.metricsTokenFile, 'utf8'));
+  if (config.metricsAuth === 'kubernetes')
+    return kubernetesTokenCheck(kubernetesReviewApi(kubeConfig), { path: '/metrics' });
+  return undefined;
+}
 
 async function main(): Promise<void> {
-  let config: ReturnType<typeof loadConfig>;
+  const startedAt = Date.now();
+  let config: Config;
   try {
     config = loadConfig(process.argv.slice(2), process.env);
   } catch (error) {
@@ -19,43 +48,98 @@ async function main(): Promise<void> {
     }
     throw error;
   }
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
+  const serviceVersion = version();
+  const tracing = startTracing({
+    endpoint: config.otlpEndpoint,
+    serviceName: config.otelServiceName,
+    serviceVersion,
+  });
+  const metrics = new ProvisionerMetrics();
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromDefault();
 
+  const eventOptions = {
+    component: 'libvirt-volume-provisioner',
+    host: config.nodeName,
+    onError: (error: unknown) => logger.warn({ err: errorMessage(error) }, 'could not record an event'),
+  };
   const controller = new Controller({
     nodeName: config.nodeName,
     kubeConfig,
     api: volumeProvisionApi(kubeConfig),
     secrets: secretReader(kubeConfig),
-    events: eventRecorder(kubeConfig, {
-      component: 'libvirt-volume-provisioner',
-      host: config.nodeName,
-      onError: (error) => logger.warn({ err: errorMessage(error) }, 'could not record an event'),
-    }),
-    pipeline: await createPipeline(config, logger),
+    cachedImageApi: customObjectApi<CachedImage>(kubeConfig, CACHED_IMAGE.plural),
+    events: eventRecorder(kubeConfig, eventOptions),
+    cachedImageEvents: eventRecorder<CachedImage>(kubeConfig, eventOptions),
+    pipeline: await createPipeline(config, logger, metrics),
     logger,
     maxConcurrentJobs: config.maxConcurrentJobs,
     statusUpdateIntervalMs: config.statusUpdateIntervalSeconds * 1000,
     workers: config.workers,
+    metrics: {
+      jobs: metrics,
+      queue: metrics.workQueue('volumeprovision'),
+      cachedImageQueue: metrics.workQueue('cachedimage'),
+    },
   });
+  const jobSlots = () => ({ running: controller.runner.running, slots: controller.runner.slots });
+  metrics.observeJobSlots(jobSlots);
+  // Storage readiness is the cache folder today; the state database's open check joins it here.
+  const storageReady = writableDir(config.cacheDir);
+  const probes = startProbes(
+    dependencyProbes(config, storageReady),
+    (dependency, up) => metrics.dependencyUp(dependency, up),
+    config.dependencyProbeIntervalSeconds * 1000,
+  );
+  const tls =
+    config.tlsCertFile && config.tlsKeyFile
+      ? {
+          cert: readFileSync(config.tlsCertFile),
+          key: readFileSync(config.tlsKeyFile),
+          ...(config.tlsClientCaFile ? { clientCa: readFileSync(config.tlsClientCaFile) } : {}),
+        }
+      : undefined;
+  const auth = metricsAuth(config, kubeConfig);
+  const server = await startServer(
+    {
+      version: serviceVersion,
+      startedAt,
+      metrics,
+      jobSlots,
+      readiness: { informer: () => controller.hasSynced, storage: storageReady },
+      ...(auth ? { metricsAuth: auth } : {}),
+      logger,
+    },
+    { port: config.serverPort, address: config.serverAddress, ...(tls ? { tls } : {}) },
+  );
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'shutting down');
-    void controller.stop(config.shutdownTimeoutSeconds * 1000).then(() => {
-      logger.info('stopped');
-      process.exit(0);
-    });
+    probes.stop();
+    void controller
+      .stop(config.shutdownTimeoutSeconds * 1000)
+      .then(() => Promise.all([server.close(), tracing?.shutdown()]))
+      .then(() => {
+        logger.info('stopped');
+        process.exit(0);
+      });
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 
   controller.start();
   logger.info(
-    { nodeName: config.nodeName, maxConcurrentJobs: config.maxConcurrentJobs },
+    {
+      nodeName: config.nodeName,
+      maxConcurrentJobs: config.maxConcurrentJobs,
+      serverPort: server.port,
+      tls: tls !== undefined,
+      tracing: tracing !== undefined,
+    },
     'controller started',
   );
 }

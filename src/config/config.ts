@@ -4,8 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import yaml from 'js-yaml';
+import { parseQuantity } from '../api/quantity.ts';
 
-type Kind = 'string' | 'integer' | 'number' | 'url' | 'path';
+type Kind = 'string' | 'integer' | 'number' | 'quantity' | 'url' | 'path';
 
 interface Setting {
   key: keyof Config;
@@ -24,6 +25,8 @@ export interface Config {
   maxConcurrentJobs: number;
   statusUpdateIntervalSeconds: number;
   cacheDir: string;
+  cacheMaxBytes?: number;
+  cacheMaxAgeHours?: number;
   stateDir: string;
   fileTargetDir: string;
   lvmCommandPrefix?: string;
@@ -34,6 +37,17 @@ export interface Config {
   logLevel: string;
   shutdownTimeoutSeconds: number;
   workers: number;
+  logFormat: 'json' | 'text';
+  serverPort: number;
+  serverAddress: string;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  tlsClientCaFile?: string;
+  metricsAuth: 'none' | 'token' | 'kubernetes';
+  metricsTokenFile?: string;
+  otlpEndpoint?: string;
+  otelServiceName: string;
+  dependencyProbeIntervalSeconds: number;
 }
 
 export const SETTINGS: readonly Setting[] = [
@@ -73,6 +87,23 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'path',
     default: '/var/lib/libvirt-volume-provisioner/cache',
     description: 'Node-local image cache',
+  },
+  {
+    key: 'cacheMaxBytes',
+    env: 'LVP_CACHE_MAX_BYTES',
+    flag: 'cache-max-bytes',
+    kind: 'quantity',
+    description:
+      'Size limit of the image cache, as a quantity (e.g. 200Gi); least recently used images not in use are evicted to fit. Unset: unbounded',
+  },
+  {
+    key: 'cacheMaxAgeHours',
+    env: 'LVP_CACHE_MAX_AGE_HOURS',
+    flag: 'cache-max-age-hours',
+    kind: 'number',
+    min: 0.01,
+    max: 87_600,
+    description: 'Images cached longer ago than this are downloaded again. Unset: no age limit',
   },
   {
     key: 'stateDir',
@@ -159,6 +190,98 @@ export const SETTINGS: readonly Setting[] = [
     max: 64,
     description: 'Reconciles that run at once (jobs run apart from them, under maxConcurrentJobs)',
   },
+  {
+    key: 'logFormat',
+    env: 'LOG_FORMAT',
+    flag: 'log-format',
+    kind: 'string',
+    default: 'json',
+    oneOf: ['json', 'text'],
+    description:
+      'json: one JSON object per line; text: `<time> [LEVEL] <component>: <message> (key=value, ...)`',
+  },
+  {
+    key: 'serverPort',
+    env: 'LVP_SERVER_PORT',
+    flag: 'server-port',
+    kind: 'integer',
+    default: 8080,
+    min: 1,
+    max: 65535,
+    description: 'Port of the HTTP(S) server with /health, /healthz, /livez, /readyz and /metrics',
+  },
+  {
+    key: 'serverAddress',
+    env: 'LVP_SERVER_ADDRESS',
+    flag: 'server-address',
+    kind: 'string',
+    default: '0.0.0.0',
+    description: 'Address the server listens on',
+  },
+  {
+    key: 'tlsCertFile',
+    env: 'LVP_TLS_CERT_FILE',
+    flag: 'tls-cert-file',
+    kind: 'path',
+    description: 'PEM certificate (chain) of the server; with tlsKeyFile the server speaks HTTPS only',
+  },
+  {
+    key: 'tlsKeyFile',
+    env: 'LVP_TLS_KEY_FILE',
+    flag: 'tls-key-file',
+    kind: 'path',
+    description: "PEM private key of the server's certificate",
+  },
+  {
+    key: 'tlsClientCaFile',
+    env: 'LVP_TLS_CLIENT_CA_FILE',
+    flag: 'tls-client-ca-file',
+    kind: 'path',
+    description: 'PEM CA bundle; when set, clients must present a certificate it signed (mTLS)',
+  },
+  {
+    key: 'metricsAuth',
+    env: 'LVP_METRICS_AUTH',
+    flag: 'metrics-auth',
+    kind: 'string',
+    default: 'none',
+    oneOf: ['none', 'token', 'kubernetes'],
+    description:
+      'Bearer token check on /metrics: none; token (equal to metricsTokenFile); kubernetes (TokenReview, then a SubjectAccessReview for GET /metrics)',
+  },
+  {
+    key: 'metricsTokenFile',
+    env: 'LVP_METRICS_TOKEN_FILE',
+    flag: 'metrics-token-file',
+    kind: 'path',
+    description: 'File holding the static bearer token for metricsAuth=token (e.g. a mounted Secret)',
+  },
+  {
+    key: 'otlpEndpoint',
+    env: 'OTEL_EXPORTER_OTLP_ENDPOINT',
+    flag: 'otlp-endpoint',
+    kind: 'url',
+    description:
+      'OTLP/gRPC endpoint traces are sent to, e.g. http://otel-collector:4317; tracing is off when unset',
+  },
+  {
+    key: 'otelServiceName',
+    env: 'OTEL_SERVICE_NAME',
+    flag: 'otel-service-name',
+    kind: 'string',
+    default: 'libvirt-volume-provisioner',
+    description: 'service.name of the exported traces',
+  },
+  {
+    key: 'dependencyProbeIntervalSeconds',
+    env: 'LVP_DEPENDENCY_PROBE_INTERVAL_SECONDS',
+    flag: 'dependency-probe-interval-seconds',
+    kind: 'number',
+    default: 30,
+    min: 1,
+    max: 3600,
+    description: 'How often minio, lvm, libvirt and storage are probed for the dependencies_up metric',
+  },
 ];
 
 const REQUIRED: readonly (keyof Config)[] = ['nodeName'];
@@ -171,6 +294,13 @@ function convert(setting: Setting, raw: unknown, source: string): string | numbe
   const where = `${setting.key} (${source})`;
   const text = typeof raw === 'string' ? raw.trim() : raw;
   switch (setting.kind) {
+    case 'quantity': {
+      try {
+        return parseQuantity(typeof text === 'number' || typeof text === 'string' ? text : String(text));
+      } catch (error) {
+        throw new ConfigError(`${where} must be a quantity such as 200Gi: ${(error as Error).message}`);
+      }
+    }
     case 'integer':
     case 'number': {
       const value = typeof text === 'number' ? text : Number(text);
@@ -267,5 +397,16 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Con
       );
     }
   }
+  checkCombinations(values);
   return values as unknown as Config;
+}
+
+/** Settings that only make sense together. */
+function checkCombinations(values: Record<string, string | number>): void {
+  if ((values.tlsCertFile === undefined) !== (values.tlsKeyFile === undefined))
+    throw new ConfigError('tlsCertFile and tlsKeyFile must be set together (or neither, for plain HTTP)');
+  if (values.tlsClientCaFile !== undefined && values.tlsCertFile === undefined)
+    throw new ConfigError('tlsClientCaFile (mTLS) needs TLS: set tlsCertFile and tlsKeyFile too');
+  if (values.metricsAuth === 'token' && values.metricsTokenFile === undefined)
+    throw new ConfigError('metricsAuth=token needs metricsTokenFile, the file holding the token');
 }

@@ -1,16 +1,27 @@
 // Wires the informer, the work queue, the job runner and the reconciler together the way
 // controller-runtime does: event handlers only enqueue keys; workers take keys from the queue,
 // reconcile, and back off per key on errors.
-import type { KubeConfig } from '@kubernetes/client-node';
-import { GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../api/v1alpha1.ts';
+import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+import {
+  CACHED_IMAGE,
+  type CachedImage,
+  type CachedImageStatus,
+  GROUP,
+  VERSION,
+  VOLUME_PROVISION,
+  type VolumeProvision,
+  type VolumeProvisionStatus,
+} from '../api/v1alpha1.ts';
 import { JobRunner } from '../jobs/runner.ts';
-import type { EventRecorder, SecretReader, VolumeProvisionApi } from '../k8s/api.ts';
+import type { CustomObjectApi, EventRecorder, SecretReader, VolumeProvisionApi } from '../k8s/api.ts';
 import { errorMessage } from '../k8s/errors.ts';
 import { StatusWriter } from '../k8s/status-writer.ts';
-import type { Pipeline } from '../pipeline/types.ts';
+import type { CacheControl, Pipeline } from '../pipeline/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import type { JobMetrics, WorkQueueMetrics } from '../telemetry/metrics.ts';
 import type { BackoffPolicy } from '../util/backoff.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
+import { CachedImageReconciler } from './cached-image-reconciler.ts';
 import { Informer, objectKey } from './informer.ts';
 import { Reconciler } from './reconciler.ts';
 import { WorkQueue } from './workqueue.ts';
@@ -19,9 +30,11 @@ export interface ControllerOptions {
   nodeName: string;
   kubeConfig: KubeConfig;
   api: VolumeProvisionApi;
+  cachedImageApi: CustomObjectApi<CachedImage>;
   secrets: SecretReader;
   events: EventRecorder;
-  pipeline: Pipeline;
+  cachedImageEvents: EventRecorder<CachedImage>;
+  pipeline: Pipeline & CacheControl;
   logger: Logger;
   maxConcurrentJobs: number;
   statusUpdateIntervalMs: number;
@@ -31,13 +44,16 @@ export interface ControllerOptions {
   reconcileBackoff?: BackoffPolicy;
   /** Delays between job attempts after retryable failures. */
   retryBackoff?: BackoffPolicy;
+  metrics?: { jobs: JobMetrics; queue: WorkQueueMetrics; cachedImageQueue: WorkQueueMetrics };
+  /** How often a Cached image is confirmed in the cache again; default 10 minutes. */
+  cachedImageResyncMs?: number;
 }
 
 /**
  * Only changes a user or another controller makes need a reconcile; status patches (our
  * own writes) change neither generation, deletion, nor finalizers.
  */
-export function needsReconcile(previous: VolumeProvision, current: VolumeProvision): boolean {
+export function needsReconcile(previous: KubernetesObject, current: KubernetesObject): boolean {
   const a = previous.metadata ?? {};
   const b = current.metadata ?? {};
   return (
@@ -47,57 +63,41 @@ export function needsReconcile(previous: VolumeProvision, current: VolumeProvisi
   );
 }
 
-export class Controller {
-  readonly informer: Informer<VolumeProvision>;
-  readonly runner: JobRunner;
-  readonly #queue: WorkQueue<string>;
-  readonly #reconciler: Reconciler;
-  readonly #status: StatusWriter;
-  readonly #options: ControllerOptions;
+interface KindLoopOptions<T extends KubernetesObject> {
+  kubeConfig: KubeConfig;
+  plural: string;
+  nodeName: string;
+  list(fieldSelector: string | undefined): ReturnType<CustomObjectApi<T>['list']>;
+  reconcile(key: string): Promise<{ requeueAfterMs?: number }>;
+  workers: number;
+  logger: Logger;
+  clock: Clock;
+  backoff: BackoffPolicy;
+  queueMetrics?: WorkQueueMetrics;
+}
+
+/** One kind's informer, work queue and workers: events enqueue keys, workers reconcile them. */
+class KindLoop<T extends KubernetesObject> {
+  readonly informer: Informer<T>;
+  readonly queue: WorkQueue<string>;
+  readonly #options: KindLoopOptions<T>;
   readonly #workers: Promise<void>[] = [];
 
-  constructor(options: ControllerOptions) {
+  constructor(options: KindLoopOptions<T>) {
     this.#options = options;
-    const clock = options.clock ?? systemClock;
-    const logger = options.logger;
-    this.#queue = new WorkQueue<string>({
-      clock,
-      backoff: options.reconcileBackoff ?? { baseMs: 500, maxMs: 5 * 60_000 },
+    this.queue = new WorkQueue<string>({
+      clock: options.clock,
+      backoff: options.backoff,
+      ...(options.queueMetrics ? { metrics: options.queueMetrics } : {}),
     });
-    this.#status = new StatusWriter(options.api, {
-      intervalMs: options.statusUpdateIntervalMs,
-      clock,
-      onError: (ref, error) =>
-        logger.warn({ key: `${ref.namespace}/${ref.name}`, err: errorMessage(error) }, 'status write failed'),
-    });
-    this.runner = new JobRunner(options.maxConcurrentJobs, {
-      queueChanged: (waiting) => this.#reconciler.queueChanged(waiting),
-      finished: (key, error) => {
-        if (error) logger.error({ key, err: error }, 'job task threw');
-      },
-    });
-    this.#reconciler = new Reconciler({
-      nodeName: options.nodeName,
-      cache: { get: (key) => this.informer.get(key) },
-      objects: options.api,
-      secrets: options.secrets,
-      events: options.events,
-      status: this.#status,
-      runner: this.runner,
-      pipeline: options.pipeline,
-      clock,
-      logger,
-      retryBackoff: options.retryBackoff ?? { baseMs: 5_000, maxMs: 5 * 60_000 },
-      requeue: (key) => this.#queue.add(key),
-    });
-    const enqueue = (object: VolumeProvision) => this.#queue.add(objectKey(object));
-    this.informer = new Informer<VolumeProvision>({
+    const enqueue = (object: T) => this.queue.add(objectKey(object));
+    this.informer = new Informer<T>({
       kubeConfig: options.kubeConfig,
-      path: `/apis/${GROUP}/${VERSION}/${VOLUME_PROVISION.plural}`,
-      // The API server filters by node (the CRD declares spec.nodeName selectable), so this
+      path: `/apis/${GROUP}/${VERSION}/${options.plural}`,
+      // The API server filters by node (the CRDs declare spec.nodeName selectable), so this
       // pod never receives, stores or decodes other nodes' objects.
       fieldSelector: `spec.nodeName=${options.nodeName}`,
-      list: (fieldSelector) => options.api.list(fieldSelector),
+      list: options.list,
       handlers: {
         add: enqueue,
         update: (previous, current) => {
@@ -106,13 +106,12 @@ export class Controller {
         delete: enqueue,
       },
       onError: (error, retryInMs) =>
-        logger.warn({ err: errorMessage(error), retryInMs }, 'list/watch failed; retrying'),
-      clock,
+        options.logger.warn(
+          { kind: options.plural, err: errorMessage(error), retryInMs },
+          'list/watch failed; retrying',
+        ),
+      clock: options.clock,
     });
-  }
-
-  get hasSynced(): boolean {
-    return this.informer.hasSynced;
   }
 
   start(): void {
@@ -120,17 +119,141 @@ export class Controller {
     for (let index = 0; index < this.#options.workers; index += 1) this.#workers.push(this.#work());
   }
 
+  /** Stops taking keys and watching; resolves once no worker is reconciling. */
+  async stop(): Promise<void> {
+    this.queue.shutDown();
+    await this.informer.stop();
+    await Promise.all(this.#workers);
+  }
+
+  async #work(): Promise<void> {
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      try {
+        const result = await this.#options.reconcile(key);
+        this.queue.forget(key);
+        if (result.requeueAfterMs !== undefined) this.queue.addAfter(key, result.requeueAfterMs);
+      } catch (error) {
+        const delay = this.queue.addRateLimited(key);
+        this.#options.logger.warn(
+          { kind: this.#options.plural, key, err: errorMessage(error), retryInMs: delay },
+          'reconcile failed; retrying',
+        );
+      } finally {
+        this.queue.done(key);
+      }
+    }
+  }
+}
+
+/** The node's controller: VolumeProvision and CachedImage loops sharing one job runner. */
+export class Controller {
+  readonly runner: JobRunner;
+  readonly #volumes: KindLoop<VolumeProvision>;
+  readonly #cachedImages: KindLoop<CachedImage>;
+  readonly #status: StatusWriter<VolumeProvisionStatus>;
+  readonly #cachedImageStatus: StatusWriter<CachedImageStatus>;
+  readonly #options: ControllerOptions;
+
+  constructor(options: ControllerOptions) {
+    this.#options = options;
+    const clock = options.clock ?? systemClock;
+    const logger = options.logger;
+    const backoff = options.reconcileBackoff ?? { baseMs: 500, maxMs: 5 * 60_000 };
+    const retryBackoff = options.retryBackoff ?? { baseMs: 5_000, maxMs: 5 * 60_000 };
+    const onStatusError = (ref: { namespace: string; name: string }, error: unknown) =>
+      logger.warn({ key: `${ref.namespace}/${ref.name}`, err: errorMessage(error) }, 'status write failed');
+    this.#status = new StatusWriter(options.api, {
+      intervalMs: options.statusUpdateIntervalMs,
+      clock,
+      onError: onStatusError,
+    });
+    this.#cachedImageStatus = new StatusWriter(options.cachedImageApi, {
+      intervalMs: options.statusUpdateIntervalMs,
+      clock,
+      onError: onStatusError,
+    });
+    this.runner = new JobRunner(options.maxConcurrentJobs, {
+      queueChanged: (waiting) => reconciler.queueChanged(waiting),
+      finished: (key, error) => {
+        if (error) logger.error({ key, err: error }, 'job task threw');
+      },
+    });
+    const reconciler: Reconciler = new Reconciler({
+      nodeName: options.nodeName,
+      cache: { get: (key) => this.#volumes.informer.get(key) },
+      objects: options.api,
+      secrets: options.secrets,
+      events: options.events,
+      status: this.#status,
+      runner: this.runner,
+      pipeline: options.pipeline,
+      clock,
+      logger,
+      retryBackoff,
+      requeue: (key) => this.#volumes.queue.add(key),
+      ...(options.metrics ? { metrics: options.metrics.jobs } : {}),
+    });
+    const cachedImageReconciler = new CachedImageReconciler({
+      nodeName: options.nodeName,
+      cache: { get: (key) => this.#cachedImages.informer.get(key) },
+      objects: options.cachedImageApi,
+      secrets: options.secrets,
+      events: options.cachedImageEvents,
+      status: this.#cachedImageStatus,
+      runner: this.runner,
+      control: options.pipeline,
+      clock,
+      logger,
+      retryBackoff,
+      resyncMs: options.cachedImageResyncMs ?? 10 * 60_000,
+      requeue: (key) => this.#cachedImages.queue.add(key),
+    });
+    const shared = {
+      kubeConfig: options.kubeConfig,
+      nodeName: options.nodeName,
+      workers: options.workers,
+      logger,
+      clock,
+      backoff,
+    };
+    this.#volumes = new KindLoop<VolumeProvision>({
+      ...shared,
+      plural: VOLUME_PROVISION.plural,
+      list: (fieldSelector) => options.api.list(fieldSelector),
+      reconcile: (key) => reconciler.reconcile(key),
+      ...(options.metrics ? { queueMetrics: options.metrics.queue } : {}),
+    });
+    this.#cachedImages = new KindLoop<CachedImage>({
+      ...shared,
+      plural: CACHED_IMAGE.plural,
+      list: (fieldSelector) => options.cachedImageApi.list(fieldSelector),
+      reconcile: (key) => cachedImageReconciler.reconcile(key),
+      ...(options.metrics ? { queueMetrics: options.metrics.cachedImageQueue } : {}),
+    });
+  }
+
+  /** Both informers have listed once. */
+  get hasSynced(): boolean {
+    return this.#volumes.informer.hasSynced && this.#cachedImages.informer.hasSynced;
+  }
+
+  start(): void {
+    this.#volumes.start();
+    this.#cachedImages.start();
+  }
+
   /**
    * Graceful stop: take no new work, hand running jobs back (their status stays, so the
    * next start resumes them), flush pending status, all within `timeoutMs`.
    */
   async stop(timeoutMs: number): Promise<void> {
-    this.#queue.shutDown();
     const stopping = (async () => {
-      await this.informer.stop();
+      const loops = Promise.all([this.#volumes.stop(), this.#cachedImages.stop()]);
       await this.runner.shutDown();
-      await Promise.all(this.#workers);
-      await this.#status.flushAll();
+      await loops;
+      await Promise.all([this.#status.flushAll(), this.#cachedImageStatus.flushAll()]);
     })();
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => {
@@ -140,23 +263,5 @@ export class Controller {
     clearTimeout(timer);
     if (outcome === 'timeout')
       this.#options.logger.warn({ timeoutMs }, 'jobs did not stop in time; exiting anyway');
-  }
-
-  async #work(): Promise<void> {
-    const logger = this.#options.logger;
-    for (;;) {
-      const key = await this.#queue.get();
-      if (key === undefined) return;
-      try {
-        const result = await this.#reconciler.reconcile(key);
-        this.#queue.forget(key);
-        if (result.requeueAfterMs !== undefined) this.#queue.addAfter(key, result.requeueAfterMs);
-      } catch (error) {
-        const delay = this.#queue.addRateLimited(key);
-        logger.warn({ key, err: errorMessage(error), retryInMs: delay }, 'reconcile failed; retrying');
-      } finally {
-        this.#queue.done(key);
-      }
-    }
   }
 }

@@ -159,6 +159,9 @@ export class Informer<T extends KubernetesObject> {
     let events = 0;
     const startedAt = this.#clock.now();
     await new Promise<void>((resolve, reject) => {
+      // Until the response headers arrive, client-node has no AbortController to hand out;
+      // stop() must still be able to end this wait.
+      this.#abortWatch = () => reject(new Error('informer stopped'));
       const finish = (error?: unknown) => {
         this.#abortWatch = undefined;
         // An ERROR event (e.g. 410) aborts the watch; its reason, not the abort, is the cause.
@@ -174,6 +177,7 @@ export class Informer<T extends KubernetesObject> {
             object.code === 410
               ? new GoneError('resourceVersion expired')
               : new Error(JSON.stringify(object));
+          reject(failure);
           this.#abortWatch?.();
           return;
         }
@@ -197,7 +201,10 @@ export class Informer<T extends KubernetesObject> {
       watch
         .watch(this.#options.path, query, onEvent, (error: unknown) => finish(error ?? undefined))
         .then((controller) => {
-          this.#abortWatch = () => controller.abort();
+          this.#abortWatch = () => {
+            controller.abort();
+            reject(new Error('informer stopped'));
+          };
           if (this.#stopped) controller.abort();
         }, reject);
     });

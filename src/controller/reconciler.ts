@@ -6,23 +6,26 @@ import {
   type Condition,
   FINALIZER,
   type Stage,
+  TRACEPARENT_ANNOTATION,
   type VolumeProvision,
   type VolumeProvisionStatus,
 } from '../api/v1alpha1.ts';
 import { JobAbort, type JobRunner } from '../jobs/runner.ts';
 import type { EventRecorder, SecretReader, VolumeProvisionApi } from '../k8s/api.ts';
 import { errorMessage } from '../k8s/errors.ts';
-import type { ObjectRef, StatusWriter } from '../k8s/status-writer.ts';
+import { refOf, type StatusWriter } from '../k8s/status-writer.ts';
 import {
   type Pipeline,
   PipelineError,
   type ProgressReport,
   type ProvisionRequest,
-  type SourceCredentials,
 } from '../pipeline/types.ts';
-import type { Logger } from '../telemetry/logger.ts';
+import { type Logger, redactUrlText } from '../telemetry/logger.ts';
+import type { JobMetrics, JobStatus } from '../telemetry/metrics.ts';
+import { inJobSpan, recordFailure } from '../telemetry/tracing.ts';
 import { type BackoffPolicy, backoffDelay } from '../util/backoff.ts';
 import type { Clock } from '../util/clock.ts';
+import { readSourceCredentials } from './credentials.ts';
 import { setCondition } from './status.ts';
 
 export interface ReconcilerDeps {
@@ -31,7 +34,7 @@ export interface ReconcilerDeps {
   objects: Pick<VolumeProvisionApi, 'setFinalizers'>;
   secrets: SecretReader;
   events: EventRecorder;
-  status: StatusWriter;
+  status: StatusWriter<VolumeProvisionStatus>;
   runner: JobRunner;
   pipeline: Pipeline;
   clock: Clock;
@@ -40,6 +43,7 @@ export interface ReconcilerDeps {
   retryBackoff: BackoffPolicy;
   /** Called when a job ends, so the key is reconciled again. */
   requeue(key: string): void;
+  metrics?: JobMetrics;
 }
 
 export interface ReconcileResult {
@@ -55,12 +59,10 @@ const STAGE_MESSAGES: Record<ProgressReport['stage'], string> = {
   Finalizing: 'Finalizing the volume',
 };
 
-const generationOf = (object: VolumeProvision): number => object.metadata?.generation ?? 0;
+/** How one attempt ended; `shutdown` hands the job back to the next start and counts as nothing. */
+type JobOutcome = { status: JobStatus; error?: string } | { status: 'shutdown' };
 
-export function refOf(object: VolumeProvision): ObjectRef {
-  const { namespace = '', name = '', uid = '' } = object.metadata ?? {};
-  return { namespace, name, uid };
-}
+const generationOf = (object: VolumeProvision): number => object.metadata?.generation ?? 0;
 
 export class Reconciler {
   readonly #deps: ReconcilerDeps;
@@ -110,7 +112,7 @@ export class Reconciler {
     const now = this.#deps.clock.now();
     if (retryAt !== undefined && retryAt > now) return { requeueAfterMs: retryAt - now };
 
-    runner.submit(key, (signal) => this.#runJob(key, object, signal));
+    runner.submit(key, (signal) => this.#observedJob(key, object, signal));
     const position = runner.positionOf(key);
     if (position !== undefined && position > 0) await this.#markQueued(object, status, position);
     return {};
@@ -172,13 +174,38 @@ export class Reconciler {
     return {};
   }
 
-  async #runJob(key: string, object: VolumeProvision, signal: AbortSignal): Promise<void> {
+  /** Runs a job in its runJob span and counts its outcome. */
+  #observedJob(key: string, object: VolumeProvision, signal: AbortSignal): Promise<void> {
+    const { uid, namespace, name } = refOf(object);
+    const startedAt = this.#deps.clock.now();
+    const attributes = {
+      'job.id': uid,
+      'job.correlation_id': object.spec.correlationId ?? '',
+      'k8s.namespace.name': namespace,
+      'k8s.volumeprovision.name': name,
+      'image.url': redactUrlText(object.spec.source.url),
+      'image.format': object.spec.source.format,
+      'volume.name': object.spec.target.volumeName,
+      'volume.type': object.spec.target.type,
+    };
+    const traceparent = object.metadata?.annotations?.[TRACEPARENT_ANNOTATION];
+    return inJobSpan('runJob', attributes, traceparent, async (span) => {
+      const outcome = await this.#runJob(key, object, signal);
+      span.setAttribute('job.status', outcome.status);
+      if (outcome.status === 'shutdown') return;
+      if (outcome.status === 'failed') recordFailure(span, outcome.error ?? 'failed');
+      this.#deps.metrics?.jobFinished(outcome.status, (this.#deps.clock.now() - startedAt) / 1000);
+    });
+  }
+
+  async #runJob(key: string, object: VolumeProvision, signal: AbortSignal): Promise<JobOutcome> {
     const { status: writer, clock, events, pipeline } = this.#deps;
     const ref = refOf(object);
     const logger = this.#deps.logger.child({
       job_id: ref.uid,
       correlation_id: object.spec.correlationId,
       key,
+      image_url: object.spec.source.url,
     });
     const before = writer.current(ref.uid) ?? object.status ?? {};
     const attempts = (before.attempts ?? 0) + 1;
@@ -191,7 +218,7 @@ export class Reconciler {
     await this.#setStatus(object, status, true);
     logger.info({ attempts }, 'job started');
     try {
-      const credentials = await this.#credentials(object);
+      const credentials = await readSourceCredentials(this.#deps.secrets, ref.namespace, object.spec.source);
       const request: ProvisionRequest = {
         uid: ref.uid,
         namespace: ref.namespace,
@@ -231,13 +258,14 @@ export class Reconciler {
       this.#retryAt.delete(key);
       events.record(object, 'Normal', 'Provisioned', `Volume ready at ${result.devicePath}`);
       logger.info({ devicePath: result.devicePath, cacheHit: result.cacheHit }, 'job completed');
+      return { status: 'completed' };
     } catch (error) {
       if (signal.aborted) {
         // Cancelled for deletion, or handed back at shutdown: neither is a failure. The
         // deletion's reconcile cleans up; the next start resumes from the status left here.
         const reason = signal.reason instanceof JobAbort ? signal.reason.kind : 'aborted';
         logger.info({ reason }, 'job stopped');
-        return;
+        return { status: reason === 'shutdown' ? 'shutdown' : 'cancelled' };
       }
       const failure =
         error instanceof PipelineError
@@ -251,7 +279,7 @@ export class Reconciler {
         await this.#setStatus(object, status, true);
         events.record(object, 'Warning', failure.reason, failure.message);
         logger.error({ reason: failure.reason, err: failure }, 'job failed');
-        return;
+        return { status: 'failed', error: failure.message };
       }
       const delay = backoffDelay(attempts, this.#deps.retryBackoff, Math.random);
       this.#retryAt.set(key, clock.now() + delay);
@@ -260,38 +288,10 @@ export class Reconciler {
       await this.#setStatus(object, status, true);
       events.record(object, 'Warning', failure.reason, message);
       logger.warn({ reason: failure.reason, err: failure, retryInMs: delay }, 'job failed; will retry');
+      return { status: 'failed', error: failure.message };
     } finally {
       this.#deps.requeue(key);
     }
-  }
-
-  async #credentials(object: VolumeProvision): Promise<SourceCredentials | undefined> {
-    const secretName = object.spec.source.secretRef?.name;
-    if (!secretName) return undefined;
-    const namespace = object.metadata?.namespace ?? 'default';
-    const data = await this.#deps.secrets.read(namespace, secretName);
-    if (!data) {
-      // Not terminal: the Secret is often created right after the object.
-      throw new PipelineError(
-        'SecretNotFound',
-        `Secret ${namespace}/${secretName} named in spec.source.secretRef does not exist`,
-        {
-          terminal: false,
-        },
-      );
-    }
-    const credentials: SourceCredentials = {};
-    if (data.accessKeyId) credentials.accessKeyId = data.accessKeyId;
-    if (data.secretKey) credentials.secretKey = data.secretKey;
-    if (data['ca.crt']) credentials.caBundle = data['ca.crt'];
-    if ((credentials.accessKeyId === undefined) !== (credentials.secretKey === undefined)) {
-      throw new PipelineError(
-        'InvalidSecret',
-        `Secret ${namespace}/${secretName} must hold both accessKeyId and secretKey, or neither`,
-        { terminal: false },
-      );
-    }
-    return credentials;
   }
 
   #withStage(

@@ -2,6 +2,7 @@
 // once however often it is added; a key is never handed to two workers at once (an add while
 // it is processed queues it again after `done`); failures back off per key, exponentially
 // with jitter, until `forget`.
+import type { WorkQueueMetrics } from '../telemetry/metrics.ts';
 import { type BackoffPolicy, backoffDelay } from '../util/backoff.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 
@@ -10,6 +11,8 @@ export interface WorkQueueOptions {
   clock?: Clock;
   /** Returns a factor in [0, 1) spreading retries of many keys apart; injectable for tests. */
   random?: () => number;
+  /** controller-runtime's workqueue_* metrics; none by default. */
+  metrics?: WorkQueueMetrics;
 }
 
 export class WorkQueue<K> {
@@ -22,12 +25,17 @@ export class WorkQueue<K> {
   readonly #backoff: BackoffPolicy;
   readonly #clock: Clock;
   readonly #random: () => number;
+  readonly #metrics: WorkQueueMetrics | undefined;
+  /** When each queued key was queued, and when each processed key was handed out. */
+  readonly #queuedAt = new Map<K, number>();
+  readonly #startedAt = new Map<K, number>();
   #shuttingDown = false;
 
   constructor(options: WorkQueueOptions = {}) {
     this.#backoff = options.backoff ?? { baseMs: 1_000, maxMs: 5 * 60_000 };
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
+    this.#metrics = options.metrics;
   }
 
   get length(): number {
@@ -36,16 +44,30 @@ export class WorkQueue<K> {
 
   add(key: K): void {
     if (this.#shuttingDown || this.#dirty.has(key)) return;
+    this.#metrics?.added();
     this.#dirty.add(key);
     if (this.#processing.has(key)) return;
+    this.#enqueue(key);
+  }
+
+  #enqueue(key: K): void {
     const waiter = this.#waiters.shift();
     if (waiter) {
       this.#dirty.delete(key);
-      this.#processing.add(key);
+      this.#start(key, this.#clock.now());
       waiter(key);
     } else {
       this.#queue.push(key);
+      this.#queuedAt.set(key, this.#clock.now());
+      this.#metrics?.depth(this.#queue.length);
     }
+  }
+
+  #start(key: K, queuedAt: number): void {
+    const now = this.#clock.now();
+    this.#processing.add(key);
+    this.#startedAt.set(key, now);
+    this.#metrics?.started((now - queuedAt) / 1000);
   }
 
   /** Adds the key after `delayMs`; an earlier pending add of the same key wins. */
@@ -71,6 +93,7 @@ export class WorkQueue<K> {
     const failures = (this.#failures.get(key) ?? 0) + 1;
     this.#failures.set(key, failures);
     const delay = backoffDelay(failures, this.#backoff, this.#random);
+    this.#metrics?.retried();
     this.addAfter(key, delay);
     return delay;
   }
@@ -89,7 +112,9 @@ export class WorkQueue<K> {
     const key = this.#queue.shift();
     if (key !== undefined) {
       this.#dirty.delete(key);
-      this.#processing.add(key);
+      this.#metrics?.depth(this.#queue.length);
+      this.#start(key, this.#queuedAt.get(key) ?? this.#clock.now());
+      this.#queuedAt.delete(key);
       return Promise.resolve(key);
     }
     if (this.#shuttingDown) return Promise.resolve(undefined);
@@ -98,10 +123,11 @@ export class WorkQueue<K> {
 
   done(key: K): void {
     this.#processing.delete(key);
-    if (this.#dirty.has(key)) {
-      this.#dirty.delete(key);
-      this.add(key);
-    }
+    const startedAt = this.#startedAt.get(key);
+    this.#startedAt.delete(key);
+    if (startedAt !== undefined) this.#metrics?.finished((this.#clock.now() - startedAt) / 1000);
+    // An add while the key was processed: it is queued now, and was counted then.
+    if (this.#dirty.has(key) && !this.#shuttingDown) this.#enqueue(key);
   }
 
   /** Stops handing out keys; waiting `get` calls resolve with undefined. */

@@ -4,19 +4,23 @@ import {
   CoreV1Api,
   CustomObjectsApi,
   type KubeConfig,
+  type KubernetesObject,
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
 import { API_VERSION, GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../api/v1alpha1.ts';
 import type { ObjectList } from '../controller/informer.ts';
+import { inKubernetesSpan } from '../telemetry/tracing.ts';
 import { httpStatusOf } from './errors.ts';
 import type { ObjectRef, StatusApi } from './status-writer.ts';
 
-export interface VolumeProvisionApi extends StatusApi {
-  list(fieldSelector: string | undefined): Promise<ObjectList<VolumeProvision>>;
+export interface CustomObjectApi<T extends KubernetesObject> extends StatusApi {
+  list(fieldSelector: string | undefined): Promise<ObjectList<T>>;
   /** Replaces metadata.finalizers, conditional on the object's resourceVersion. */
-  setFinalizers(object: VolumeProvision, finalizers: string[]): Promise<void>;
+  setFinalizers(object: T, finalizers: string[]): Promise<void>;
 }
+
+export type VolumeProvisionApi = CustomObjectApi<VolumeProvision>;
 
 export interface SecretReader {
   /** The Secret's decoded data, or undefined when it does not exist. */
@@ -25,42 +29,59 @@ export interface SecretReader {
 
 export type EventType = 'Normal' | 'Warning';
 
-export interface EventRecorder {
-  record(object: VolumeProvision, type: EventType, reason: string, message: string): void;
+export interface EventRecorder<T extends KubernetesObject = VolumeProvision> {
+  record(object: T, type: EventType, reason: string, message: string): void;
 }
 
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-const resource = { group: GROUP, version: VERSION, plural: VOLUME_PROVISION.plural };
-
-export function volumeProvisionApi(config: KubeConfig): VolumeProvisionApi {
+/** List, finalizers and status of one lvp.dev kind, e.g. customObjectApi(config, 'cachedimages'). */
+export function customObjectApi<T extends KubernetesObject>(
+  config: KubeConfig,
+  plural: string,
+): CustomObjectApi<T> {
   const api = config.makeApiClient(CustomObjectsApi);
+  const resource = { group: GROUP, version: VERSION, plural };
   return {
-    async list(fieldSelector) {
+    list(fieldSelector) {
       const request = fieldSelector ? { ...resource, fieldSelector } : resource;
-      return (await api.listClusterCustomObject(request)) as ObjectList<VolumeProvision>;
+      return inKubernetesSpan(
+        'LIST',
+        resource.plural,
+        undefined,
+        async () => (await api.listClusterCustomObject(request)) as ObjectList<T>,
+      );
     },
     async setFinalizers(object, finalizers) {
       const { namespace = '', name = '', resourceVersion } = object.metadata ?? {};
-      await api.patchNamespacedCustomObject(
-        { ...resource, namespace, name, body: { metadata: { finalizers, resourceVersion } } },
-        mergePatch,
+      await inKubernetesSpan('PATCH', resource.plural, namespace, () =>
+        api.patchNamespacedCustomObject(
+          { ...resource, namespace, name, body: { metadata: { finalizers, resourceVersion } } },
+          mergePatch,
+        ),
       );
     },
     async patchStatus(ref: ObjectRef, body: object) {
-      await api.patchNamespacedCustomObjectStatus(
-        { ...resource, namespace: ref.namespace, name: ref.name, body },
-        mergePatch,
+      await inKubernetesSpan('PATCH', `${resource.plural}/status`, ref.namespace, () =>
+        api.patchNamespacedCustomObjectStatus(
+          { ...resource, namespace: ref.namespace, name: ref.name, body },
+          mergePatch,
+        ),
       );
     },
   };
 }
+
+export const volumeProvisionApi = (config: KubeConfig): VolumeProvisionApi =>
+  customObjectApi<VolumeProvision>(config, VOLUME_PROVISION.plural);
 
 export function secretReader(config: KubeConfig): SecretReader {
   const core = config.makeApiClient(CoreV1Api);
   return {
     async read(namespace, name) {
       try {
-        const secret = await core.readNamespacedSecret({ namespace, name });
+        const secret = await inKubernetesSpan('GET', 'secrets', namespace, () =>
+          core.readNamespacedSecret({ namespace, name }),
+        );
         return Object.fromEntries(
           Object.entries(secret.data ?? {}).map(([key, value]) => [
             key,
@@ -84,7 +105,10 @@ export interface EventRecorderOptions {
   now?: () => Date;
 }
 
-export function eventRecorder(config: KubeConfig, options: EventRecorderOptions): EventRecorder {
+export function eventRecorder<T extends KubernetesObject>(
+  config: KubeConfig,
+  options: EventRecorderOptions,
+): EventRecorder<T> {
   const core = config.makeApiClient(CoreV1Api);
   const lastSent = new Map<string, number>();
   const window = options.dedupeWindowMs ?? 10 * 60_000;
@@ -99,12 +123,18 @@ export function eventRecorder(config: KubeConfig, options: EventRecorderOptions)
       lastSent.set(dedupeKey, time.getTime());
       // Keep the map from growing with every object ever seen.
       if (lastSent.size > 10_000) lastSent.delete(lastSent.keys().next().value as string);
-      core
-        .createNamespacedEvent({
+      inKubernetesSpan('CREATE', 'events', namespace, () =>
+        core.createNamespacedEvent({
           namespace,
           body: {
             metadata: { generateName: `${name}.`, namespace },
-            involvedObject: { apiVersion: API_VERSION, kind: VOLUME_PROVISION.kind, name, namespace, uid },
+            involvedObject: {
+              apiVersion: object.apiVersion ?? API_VERSION,
+              kind: object.kind ?? VOLUME_PROVISION.kind,
+              name,
+              namespace,
+              uid,
+            },
             type,
             reason,
             message: message.slice(0, 1024),
@@ -115,8 +145,8 @@ export function eventRecorder(config: KubeConfig, options: EventRecorderOptions)
             lastTimestamp: time,
             count: 1,
           },
-        })
-        .catch(options.onError);
+        }),
+      ).catch(options.onError);
     },
   };
 }

@@ -2,7 +2,7 @@
 // nothing is sent when the wanted status equals what was written; progress is coalesced to at
 // most one patch per object per interval; a stage change (an "immediate" update) goes out at
 // once. Writes of one object are serialised, so patches never overtake each other.
-import type { VolumeProvisionStatus } from '../api/v1alpha1.ts';
+import type { KubernetesObject } from '@kubernetes/client-node';
 import { mergePatch } from '../controller/status.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 
@@ -10,6 +10,11 @@ export interface ObjectRef {
   namespace: string;
   name: string;
   uid: string;
+}
+
+export function refOf(object: KubernetesObject): ObjectRef {
+  const { namespace = '', name = '', uid = '' } = object.metadata ?? {};
+  return { namespace, name, uid };
 }
 
 export interface StatusApi {
@@ -23,20 +28,21 @@ export interface StatusWriterOptions {
   onError?(ref: ObjectRef, error: unknown): void;
 }
 
-interface Entry {
+interface Entry<S> {
   ref: ObjectRef;
-  written: VolumeProvisionStatus | undefined;
-  wanted: VolumeProvisionStatus;
+  written: S | undefined;
+  wanted: S;
   lastWriteAt: number;
   cancelTimer: (() => void) | undefined;
   chain: Promise<void>;
 }
 
-export class StatusWriter {
+/** S is the kind's status type (VolumeProvisionStatus, CachedImageStatus). */
+export class StatusWriter<S extends object> {
   readonly #api: StatusApi;
   readonly #options: StatusWriterOptions;
   readonly #clock: Clock;
-  readonly #entries = new Map<string, Entry>();
+  readonly #entries = new Map<string, Entry<S>>();
 
   constructor(api: StatusApi, options: StatusWriterOptions) {
     this.#api = api;
@@ -45,17 +51,17 @@ export class StatusWriter {
   }
 
   /** The status most recently wanted for `uid`, written or not yet. */
-  current(uid: string): VolumeProvisionStatus | undefined {
+  current(uid: string): S | undefined {
     return this.#entries.get(uid)?.wanted;
   }
 
   /** Records what the API server already holds, so an unchanged status is not written again. */
-  observe(ref: ObjectRef, status: VolumeProvisionStatus | undefined): void {
+  observe(ref: ObjectRef, status: S | undefined): void {
     if (this.#entries.has(ref.uid)) return;
     this.#entries.set(ref.uid, {
       ref,
       written: status,
-      wanted: status ?? {},
+      wanted: status ?? ({} as S),
       lastWriteAt: Number.NEGATIVE_INFINITY,
       cancelTimer: undefined,
       chain: Promise.resolve(),
@@ -66,9 +72,9 @@ export class StatusWriter {
    * Sets the wanted status. With `immediate`, writes now and resolves once written; otherwise
    * the write happens when the object's coalescing interval allows.
    */
-  async set(ref: ObjectRef, wanted: VolumeProvisionStatus, options: { immediate: boolean }): Promise<void> {
+  async set(ref: ObjectRef, wanted: S, options: { immediate: boolean }): Promise<void> {
     this.observe(ref, undefined);
-    const entry = this.#entries.get(ref.uid) as Entry;
+    const entry = this.#entries.get(ref.uid) as Entry<S>;
     entry.wanted = wanted;
     if (!mergePatch(entry.written, wanted)) return;
     const wait = entry.lastWriteAt + this.#options.intervalMs - this.#clock.now();
@@ -93,7 +99,7 @@ export class StatusWriter {
     await Promise.all([...this.#entries.values()].map((entry) => this.#write(entry)));
   }
 
-  #write(entry: Entry): Promise<void> {
+  #write(entry: Entry<S>): Promise<void> {
     entry.cancelTimer?.();
     entry.cancelTimer = undefined;
     entry.chain = entry.chain.then(async () => {

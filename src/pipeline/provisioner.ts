@@ -1,26 +1,47 @@
 // The Pipeline the controller drives: source → node cache → inspection → conversion into
 // the target → optional libvirt pool refresh. Each external tool sits behind its own small
 // interface in storage/; this file only orders the steps and reports progress.
+import { join } from 'node:path';
 import { parseQuantity } from '../api/quantity.ts';
+import type { ImageSource } from '../api/v1alpha1.ts';
 import type { Config } from '../config/config.ts';
+import { blkdiscardZeroer } from '../storage/block/zero.ts';
 import { ImageCache } from '../storage/cache/image-cache.ts';
-import { createDownloader, type Downloader } from '../storage/download/index.ts';
+import { createDownloader, type Downloader, type DownloadSource } from '../storage/download/index.ts';
 import { type LibvirtPools, virshPools } from '../storage/libvirt/virsh.ts';
 import { LvmCommand } from '../storage/lvm/command.ts';
 import { LvmVolumeManager } from '../storage/lvm/volumes.ts';
 import { inspectImage } from '../storage/qemu-img/inspect.ts';
 import { createQemuImg, type QemuImg } from '../storage/qemu-img/qemu-img.ts';
-import type { Logger } from '../telemetry/logger.ts';
+import { StateDatabase } from '../storage/state/database.ts';
+import { StageRateStore } from '../storage/state/stage-rates.ts';
+import { type Logger, redactUrlText } from '../telemetry/logger.ts';
+import {
+  type ImageOperation,
+  imageErrorType,
+  noopPipelineMetrics,
+  type PipelineMetrics,
+  storageErrorType,
+} from '../telemetry/metrics.ts';
+import { inSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
 import { FileTargets, LvmTargets, type TargetBackend } from './targets.ts';
 import {
+  type CacheControl,
   type Pipeline,
   PipelineError,
   type ProvisionOptions,
   type ProvisionRequest,
   type ProvisionResult,
+  type SourceCredentials,
 } from './types.ts';
+
+/** Where progress gets the stage rates from, and where conversions report theirs. */
+export interface StageRateSource {
+  rates(): StageRates;
+  record(stage: 'convert', bytes: number, seconds: number): unknown;
+}
 
 export interface ProvisionerDeps {
   downloader: Downloader;
@@ -29,10 +50,18 @@ export interface ProvisionerDeps {
   targets: { lvm: TargetBackend; file: TargetBackend };
   libvirt: LibvirtPools;
   clock?: Clock;
-  rates?: StageRates;
+  /** Measured stage rates: read at the start of each job, fed after each conversion. */
+  rates?: StageRateSource;
+  metrics?: PipelineMetrics;
 }
 
-export class Provisioner implements Pipeline {
+/** Failures of the node's cache folder itself, as opposed to the source or the transfer. */
+const STORAGE_REASONS = new Set(['InsufficientCacheSpace', 'CacheWriteFailed']);
+const isStorageFailure = (error: unknown): boolean =>
+  STORAGE_REASONS.has(String((error as { reason?: unknown } | undefined)?.reason)) ||
+  typeof (error as { code?: unknown } | undefined)?.code === 'string';
+
+export class Provisioner implements Pipeline, CacheControl {
   readonly #deps: ProvisionerDeps;
 
   constructor(deps: ProvisionerDeps) {
@@ -43,7 +72,17 @@ export class Provisioner implements Pipeline {
     const { spec } = request;
     const { signal, onProgress } = options;
     const clock = this.#deps.clock ?? systemClock;
-    const rates = this.#deps.rates ?? DEFAULT_STAGE_RATES;
+    const metrics = this.#deps.metrics ?? noopPipelineMetrics;
+    /** Counts a failure of one image step, unless the job was stopped on purpose. */
+    const imageStep = async <T>(operation: ImageOperation, step: () => Promise<T>): Promise<T> => {
+      try {
+        return await step();
+      } catch (error) {
+        if (!signal.aborted) metrics.imageError(operation, imageErrorType(error));
+        throw error;
+      }
+    };
+    const rates = this.#deps.rates?.rates() ?? DEFAULT_STAGE_RATES;
     let tracker = new ProgressTracker({ clock, cacheHit: false, rates });
     onProgress(tracker.report('Initializing', 0, 0));
 
@@ -53,53 +92,148 @@ export class Provisioner implements Pipeline {
       ...(request.credentials ? { credentials: request.credentials } : {}),
       ...(spec.source.checksum ? { checksum: spec.source.checksum } : {}),
     };
-    const stat = await this.#deps.downloader.stat(source, signal);
-    const entry = await this.#deps.cache.acquire(source, stat, {
-      signal,
-      onProgress: (done, total) => onProgress(tracker.report('Downloading', done, total)),
-    });
-    if (entry.hit) tracker = new ProgressTracker({ clock, cacheHit: true, rates });
-    signal.throwIfAborted();
-
-    const info = await inspectImage(this.#deps.qemuImg, entry.path, spec.source.format, sizeBytes);
-    const backend = this.#deps.targets[spec.target.type];
-    const preparation = await backend.prepare(request.uid, spec, sizeBytes);
-    if (preparation.complete) {
-      // Written and committed before a restart: nothing left but the final steps.
-      onProgress(tracker.report('Finalizing', 0, 0));
-      await this.#refreshPool(spec.target.libvirtPool);
-      return { devicePath: preparation.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
-    }
-    const { target } = preparation;
-    onProgress(tracker.report('Converting', 0, info.virtualSize));
+    const stat = await imageStep('stat', () => this.#deps.downloader.stat(source, signal));
+    // A lookup is a miss as soon as bytes flow, whether or not the download then succeeds.
+    let looked = false;
+    const lookup = (hit: boolean) => {
+      if (!looked) metrics.cacheLookup(hit);
+      looked = true;
+    };
+    const downloadStart = clock.now();
+    let entry: Awaited<ReturnType<ImageCache['acquire']>>;
     try {
-      await this.#deps.qemuImg.convert({
-        source: entry.path,
-        sourceFormat: spec.source.format,
-        target: target.writePath,
-        targetIsBlockDevice: target.isBlockDevice,
+      entry = await this.#deps.cache.acquire(source, stat, {
         signal,
-        onProgress: (percent) =>
-          onProgress(tracker.report('Converting', (percent / 100) * info.virtualSize, info.virtualSize)),
+        onProgress: (done, total) => {
+          lookup(false);
+          const seconds = (clock.now() - downloadStart) / 1000;
+          if (seconds > 0) metrics.stageThroughput('download', done / seconds);
+          onProgress(tracker.report('Downloading', done, total));
+        },
       });
     } catch (error) {
-      await target.discard();
+      if (!signal.aborted && isStorageFailure(error))
+        metrics.storageOperation('acquire', storageErrorType(error));
+      else if (!signal.aborted) metrics.imageError('download', imageErrorType(error));
       throw error;
     }
-    onProgress(tracker.report('Finalizing', 0, 0));
-    await target.commit();
-    await this.#refreshPool(spec.target.libvirtPool);
-    return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
+    // The lease keeps the image from eviction until it has been written into the target.
+    try {
+      metrics.storageOperation('acquire');
+      lookup(entry.hit);
+      if (entry.hit) tracker = new ProgressTracker({ clock, cacheHit: true, rates });
+      else {
+        metrics.imageDownloaded(spec.source.format, entry.sizeBytes);
+        metrics.stageCompleted('download', (clock.now() - downloadStart) / 1000, entry.sizeBytes);
+      }
+      signal.throwIfAborted();
+
+      const info = await imageStep('inspect', () =>
+        inspectImage(this.#deps.qemuImg, entry.path, spec.source.format, sizeBytes),
+      );
+      const backend = this.#deps.targets[spec.target.type];
+      const volume = volumeAttributes(request.uid, spec, sizeBytes);
+      const preparation = await inSpan('CreateVolume', volume, () =>
+        backend.prepare(request.uid, spec, sizeBytes),
+      );
+      if (preparation.complete) {
+        // Written and committed before a restart: nothing left but the final steps.
+        onProgress(tracker.report('Finalizing', 0, 0));
+        await this.#refreshPool(spec.target.libvirtPool);
+        return { devicePath: preparation.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
+      }
+      const { target } = preparation;
+      onProgress(tracker.report('Converting', 0, info.virtualSize));
+      const populate = { ...volume, 'volume.device_path': target.devicePath, 'image.path': entry.path };
+      await inSpan('PopulateVolume', populate, async () => {
+        const convertStart = clock.now();
+        try {
+          await imageStep('convert', () =>
+            this.#deps.qemuImg.convert({
+              source: entry.path,
+              sourceFormat: spec.source.format,
+              target: target.writePath,
+              targetIsBlockDevice: target.isBlockDevice,
+              signal,
+              onProgress: (percent) => {
+                const seconds = (clock.now() - convertStart) / 1000;
+                const bytes = (percent / 100) * info.virtualSize;
+                if (seconds > 0) metrics.stageThroughput('convert', bytes / seconds);
+                onProgress(tracker.report('Converting', bytes, info.virtualSize));
+              },
+            }),
+          );
+        } catch (error) {
+          await target.discard();
+          throw error;
+        }
+        const convertSeconds = (clock.now() - convertStart) / 1000;
+        metrics.stageCompleted('convert', convertSeconds, info.virtualSize);
+        this.#deps.rates?.record('convert', info.virtualSize, convertSeconds);
+        onProgress(tracker.report('Finalizing', 0, 0));
+        await target.commit(info.virtualSize);
+      });
+      await this.#refreshPool(spec.target.libvirtPool);
+      return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
+    } finally {
+      entry.release();
+    }
   }
 
   async release(request: Pick<ProvisionRequest, 'uid' | 'spec'>): Promise<void> {
-    await this.#deps.targets[request.spec.target.type].release(request.uid, request.spec);
-    await this.#refreshPool(request.spec.target.libvirtPool);
+    const { uid, spec } = request;
+    await inSpan('DeleteVolume', volumeAttributes(uid, spec), () =>
+      this.#deps.targets[spec.target.type].release(uid, spec),
+    );
+    await this.#refreshPool(spec.target.libvirtPool);
+  }
+
+  /** CacheControl for the CachedImage kind: stat the source, then pre-warm the node cache. */
+  async prewarm(source: ImageSource, credentials: SourceCredentials | undefined, signal: AbortSignal) {
+    const download = {
+      url: source.url,
+      ...(credentials ? { credentials } : {}),
+      ...(source.checksum ? { checksum: source.checksum } : {}),
+    };
+    const stat = await this.#deps.downloader.stat(download, signal);
+    return this.#deps.cache.prewarm(download, stat, signal);
+  }
+
+  evict(url: string): Promise<boolean> {
+    return this.#deps.cache.evict(url);
   }
 
   async #refreshPool(pool: string | undefined): Promise<void> {
     if (pool) await this.#deps.libvirt.refresh(pool);
   }
+}
+
+/** The seed's "volume metadata" on CreateVolume, PopulateVolume and DeleteVolume. */
+function volumeAttributes(uid: string, spec: ProvisionRequest['spec'], sizeBytes?: number) {
+  return {
+    'job.id': uid,
+    'volume.name': spec.target.volumeName,
+    'volume.type': spec.target.type,
+    ...(spec.target.volumeGroup ? { 'volume.group': spec.target.volumeGroup } : {}),
+    ...(sizeBytes === undefined ? {} : { 'volume.size_bytes': sizeBytes }),
+  };
+}
+
+/** Every real download becomes a DownloadImageToPath span, child of the job waiting for it. */
+export function tracedDownloader(downloader: Downloader): Downloader {
+  return {
+    stat: (source, signal) => downloader.stat(source, signal),
+    download: (source: DownloadSource, options) =>
+      inSpan(
+        'DownloadImageToPath',
+        { 'image.url': redactUrlText(source.url), 'image.destination_path': options.destinationPath },
+        async (span) => {
+          const result = await downloader.download(source, options);
+          span.setAttribute('image.size_bytes', result.sizeBytes);
+          return result;
+        },
+      ),
+  };
 }
 
 function targetSize(size: string | number): number {
@@ -111,20 +245,44 @@ function targetSize(size: string | number): number {
 }
 
 /** The production pipeline for this node, from the controller's configuration. */
-export async function createPipeline(config: Config, logger: Logger): Promise<Pipeline> {
-  const downloader = createDownloader(
-    config.s3Endpoint ? { s3Endpoint: { url: config.s3Endpoint, region: config.s3Region } } : {},
+export async function createPipeline(
+  config: Config,
+  logger: Logger,
+  metrics: PipelineMetrics = noopPipelineMetrics,
+): Promise<Pipeline & CacheControl> {
+  const downloader = tracedDownloader(
+    createDownloader(
+      config.s3Endpoint ? { s3Endpoint: { url: config.s3Endpoint, region: config.s3Region } } : {},
+    ),
   );
-  const cache = new ImageCache(config.cacheDir, downloader);
-  const { removed } = await cache.open();
-  if (removed.length > 0) logger.info({ removed }, 'removed partial files a previous run left in the cache');
+  const database = StateDatabase.open(join(config.stateDir, 'provisioner.db'));
+  const rates = new StageRateStore(database);
+  const cache = new ImageCache({
+    dir: config.cacheDir,
+    database,
+    downloader,
+    rates,
+    logger,
+    ...(config.cacheMaxBytes === undefined ? {} : { maxBytes: config.cacheMaxBytes }),
+    ...(config.cacheMaxAgeHours === undefined ? {} : { maxAgeMs: config.cacheMaxAgeHours * 3_600_000 }),
+  });
+  const report = await cache.open();
+  if (report.removedFiles.length > 0 || report.removedEntries.length > 0) {
+    logger.info(
+      report,
+      'cleaned up the node cache: partial downloads, orphan files, expired or missing entries',
+    );
+  }
   return new Provisioner({
+    rates,
+    metrics,
     downloader,
     cache,
     qemuImg: createQemuImg(),
     targets: {
       file: new FileTargets({ dir: config.fileTargetDir, stateDir: config.stateDir }),
       lvm: new LvmTargets({
+        zeroer: blkdiscardZeroer(),
         volumes: new LvmVolumeManager(
           new LvmCommand(config.lvmCommandPrefix ? { prefix: config.lvmCommandPrefix.split(' ') } : {}),
         ),

@@ -5,6 +5,7 @@ import { closeSync, fsyncSync, openSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VolumeProvisionSpec } from '../api/v1alpha1.ts';
+import type { BlockZeroer } from '../storage/block/zero.ts';
 import type { VolumeManager } from '../storage/lvm/volumes.ts';
 import { PipelineError } from './types.ts';
 
@@ -14,8 +15,8 @@ export interface PreparedTarget {
   isBlockDevice: boolean;
   /** Where libvirt finds the finished volume. */
   devicePath: string;
-  /** Makes the written volume final. */
-  commit(): Promise<void>;
+  /** Makes the volume final once `imageBytes` have been written from its start. */
+  commit(imageBytes: number): Promise<void>;
   /** Undoes a failed attempt's partial output. */
   discard(): Promise<void>;
 }
@@ -119,10 +120,16 @@ export class FileTargets implements TargetBackend {
 /** LVM logical volumes, owned through the `lvp.dev/uid=<uid>` tag (see storage/lvm). */
 export class LvmTargets implements TargetBackend {
   readonly #volumes: VolumeManager;
+  readonly #zeroer: BlockZeroer;
   readonly #defaultVolumeGroup: string | undefined;
 
-  constructor(options: { volumes: VolumeManager; defaultVolumeGroup: string | undefined }) {
+  constructor(options: {
+    volumes: VolumeManager;
+    zeroer: BlockZeroer;
+    defaultVolumeGroup: string | undefined;
+  }) {
     this.#volumes = options.volumes;
+    this.#zeroer = options.zeroer;
     this.#defaultVolumeGroup = options.defaultVolumeGroup;
   }
 
@@ -140,7 +147,8 @@ export class LvmTargets implements TargetBackend {
         writePath: volume.devicePath,
         isBlockDevice: true,
         devicePath: volume.devicePath,
-        commit: async () => {},
+        // The LV may lie on extents another volume used; no byte of that may reach the guest.
+        commit: (imageBytes) => this.#zeroer.zeroFrom(volume.devicePath, imageBytes, volume.sizeBytes),
         discard: async () => {},
       },
     };

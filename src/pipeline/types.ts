@@ -1,6 +1,6 @@
 // The one interface through which the controller drives provisioning. The controller owns
 // Kubernetes (objects, Secrets, status); the pipeline owns the node (cache, qemu-img, LVM).
-import type { VolumeProvisionSpec } from '../api/v1alpha1.ts';
+import type { ImageSource, VolumeProvisionSpec } from '../api/v1alpha1.ts';
 
 /** Read from the Secret named by `spec.source.secretRef`. */
 export interface SourceCredentials {
@@ -52,6 +52,18 @@ export interface Pipeline {
   provision(request: ProvisionRequest, options: ProvisionOptions): Promise<ProvisionResult>;
   /** Removes the volume made for `uid`, if there is one and it carries that UID. Idempotent. */
   release(request: Pick<ProvisionRequest, 'uid' | 'spec'>): Promise<void>;
+}
+
+/** The node cache as the CachedImage kind needs it. */
+export interface CacheControl {
+  /** Downloads the image into the cache unless a valid copy is there. */
+  prewarm(
+    source: ImageSource,
+    credentials: SourceCredentials | undefined,
+    signal: AbortSignal,
+  ): Promise<{ sizeBytes: number; sha256: string; hit: boolean; lastUsed: Date }>;
+  /** Removes the entry (false: there was none); throws CachedImageInUse while a job reads it. */
+  evict(url: string): Promise<boolean>;
 }
 
 /**

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
-import type { VolumeProvision } from '../../src/api/v1alpha1.ts';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import type { CachedImage, VolumeProvision } from '../../src/api/v1alpha1.ts';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { waitUntil } from '../rig/net.ts';
@@ -274,6 +274,30 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     assert.equal(stdout.trim().split('\n').length, 1, 'provisioned once');
   });
 
+  it('hands a running job back on SIGTERM, exits in time, and resumes it on the next start', async () => {
+    images.setRate(2 * 1024 * 1024);
+    await vps.create(spec('handover', `${images.url}/slow-7.qcow2`));
+    await vps.waitFor('handover', 'downloading', (object) => object.status?.stage === 'Downloading');
+    const stoppedAt = Date.now();
+    controller.process.signal('SIGTERM');
+    await controller.process.exited;
+    const seconds = (Date.now() - stoppedAt) / 1000;
+    assert.deepEqual(controller.process.exitStatus, { code: 0, signal: null }, 'a clean exit');
+    assert.ok(seconds < 20, `exited within the shutdown timeout (${seconds}s)`);
+    const lines = controller.logs().filter((line) => line.key === `${NAMESPACE}/handover`);
+    assert.ok(lines.some((line) => line.message === 'job stopped' && line.reason === 'shutdown'));
+    const handedBack = await vps.get('handover');
+    assert.equal(
+      handedBack.status?.stage,
+      'Downloading',
+      'the status is left for the next start, not Failed',
+    );
+    images.setRate(Number.POSITIVE_INFINITY);
+    await start();
+    const done = await vps.waitFor('handover', 'Ready', isReady);
+    assert.equal(done.status?.attempts, 2);
+  });
+
   it('recovers its watch after the API server restarts, without redoing finished work', async () => {
     await cluster.stopApiserver();
     await cluster.startApiserver();
@@ -281,6 +305,66 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     await vps.waitFor('after-restart', 'Ready', isReady, 90_000);
     const first = await vps.get('first');
     assert.equal(first.status?.attempts, 1, 'finished work was not redone');
+  });
+
+  it('pre-warms the cache from a CachedImage, serves provisions from it, and evicts it on delete', async () => {
+    // Its own content: the cache stores files by content, shared by every URL that has it.
+    const qcow2 = readFileSync((await makeTestImage(workDir, 'prewarm', 8)).qcow2Path);
+    await minio.client().putObject('images', 'prewarm.qcow2', qcow2, qcow2.length);
+    const cachedImages = {
+      group: 'lvp.dev',
+      version: 'v1alpha1',
+      namespace: NAMESPACE,
+      plural: 'cachedimages',
+    };
+    const objects = admin.makeApiClient(CustomObjectsApi);
+    await objects.createNamespacedCustomObject({
+      ...cachedImages,
+      body: {
+        apiVersion: 'lvp.dev/v1alpha1',
+        kind: 'CachedImage',
+        metadata: { name: 'base' },
+        spec: {
+          nodeName: NODE,
+          source: { url: 's3://images/prewarm.qcow2', format: 'qcow2', secretRef: { name: 'minio' } },
+        },
+      },
+    });
+    let cached: CachedImage | undefined;
+    await waitUntil(
+      async () => {
+        cached = (await objects.getNamespacedCustomObject({ ...cachedImages, name: 'base' })) as CachedImage;
+        return cached.status?.phase === 'Cached';
+      },
+      { what: 'CachedImage base to be Cached', timeoutMs: 60_000, intervalMs: 100 },
+    );
+    assert.equal(cached?.status?.sizeBytes, qcow2.length);
+    assert.equal(cached?.status?.sha256, sha256(qcow2));
+    const { stdout } = await cluster.kubectl(['get', 'lvpci', '-n', NAMESPACE, 'base']);
+    assert.match(stdout, /base\s+hv-a\s+Cached/);
+
+    await vps.create(spec('from-prewarm', 's3://images/prewarm.qcow2'));
+    const done = await vps.waitFor('from-prewarm', 'Ready', isReady);
+    assert.equal(done.status?.cacheHit, true, 'the provision found the pre-warmed image');
+
+    const cacheFile = join(dirs.cacheDir, `${sha256(qcow2)}.img`);
+    assert.ok(existsSync(cacheFile));
+    await objects.deleteNamespacedCustomObject({ ...cachedImages, name: 'base' });
+    await waitUntil(
+      async () => {
+        try {
+          await objects.getNamespacedCustomObject({ ...cachedImages, name: 'base' });
+          return false;
+        } catch (error) {
+          return (error as { code?: number }).code === 404;
+        }
+      },
+      { what: 'CachedImage base to be deleted', timeoutMs: 30_000, intervalMs: 100 },
+    );
+    await waitUntil(async () => !existsSync(cacheFile), {
+      what: 'the cache entry to be evicted',
+      timeoutMs: 10_000,
+    });
   });
 
   it('keeps its API requests for one job within budget', async () => {

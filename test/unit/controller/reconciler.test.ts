@@ -82,7 +82,7 @@ describe('Reconciler', () => {
   let requeued: string[];
   let secrets: Record<string, string> | undefined;
   let reconciler: Reconciler;
-  let writer: StatusWriter;
+  let writer: StatusWriter<VolumeProvisionStatus>;
   let clock: FakeClock;
 
   beforeEach(() => {
