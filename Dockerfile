@@ -1,32 +1,47 @@
 # syntax=docker/dockerfile:1
 # libvirt-volume-provisioner: one pod per hypervisor (DaemonSet). Multi-stage: the build
-# stage compiles TypeScript; the runtime stage holds Node 24, production dependencies, the
-# compiled dist/, and the tools the pipeline calls (qemu-img, lvm, virsh, dd, nsenter).
+# stage compiles TypeScript to dist/; the runtime stage holds Node 24, the production
+# dependencies, dist/, and the tools the pipeline calls (qemu-img, lvm, virsh, nsenter).
+# test/integration/chart.test.ts runs the build stage's commands and hadolint.
 
-FROM node:24-bookworm-slim AS build
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-# node@24 (dev dependency) only serves local runs; the image already has Node 24.
+# Scripts stay off: the node@24 dev dependency only serves local runs (the image has Node 24)
+# and no production dependency needs an install script.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npx tsc -p tsconfig.build.json \
- && npm prune --omit=dev --ignore-scripts
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
-FROM node:24-bookworm-slim
+FROM ${NODE_IMAGE}
 ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
 LABEL org.opencontainers.image.title="libvirt-volume-provisioner" \
       org.opencontainers.image.description="Provisions VM disk images from MinIO/S3 into LVM volumes for libvirt" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="https://github.com/libvirt-volume-provisioner/libvirt-volume-provisioner" \
+      org.opencontainers.image.documentation="https://github.com/libvirt-volume-provisioner/libvirt-volume-provisioner/blob/main/README.md" \
       org.opencontainers.image.licenses="Apache-2.0"
-# qemu-utils: qemu-img; lvm2: lvm; libvirt-clients: virsh; coreutils: dd for page cache
-# eviction; util-linux: nsenter for running LVM in the host's namespaces.
+# qemu-utils: qemu-img; lvm2: lvm; libvirt-clients: virsh; util-linux: nsenter for running
+# LVM in the host's namespaces (lvmCommandPrefix). Versions come with the pinned base image's
+# Debian release; pinning each package would break the build whenever Debian ships a fix.
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends qemu-utils lvm2 libvirt-clients coreutils util-linux ca-certificates \
+ && apt-get install -y --no-install-recommends qemu-utils lvm2 libvirt-clients util-linux ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY package.json ./
+# Runs as root: lvcreate and writing to block devices need it (the chart's DaemonSet explains
+# the privileges). LC_ALL=C keeps lvm and qemu-img output parseable.
 ENV NODE_ENV=production LC_ALL=C
+EXPOSE 8080
 ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]

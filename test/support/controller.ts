@@ -1,13 +1,16 @@
 // Runs the real controller (node src/main.ts) against the rig's API server, as a separate
 // process so that tests can SIGKILL and restart it, with the RBAC the chart grants.
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import yaml from 'js-yaml';
 import { GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
 import type { KubeControlPlane } from '../rig/kube.ts';
 import { waitUntil } from '../rig/net.ts';
 import { ManagedProcess } from '../rig/processes.ts';
 import { projectRoot } from '../rig/tools.ts';
+import { MANIFESTS_FILE, parseObjects } from '../unit/chart/render.ts';
 
 export const CONTROLLER_NAMESPACE = 'lvp-system';
 export const CONTROLLER_SERVICE_ACCOUNT = 'libvirt-volume-provisioner';
@@ -24,9 +27,34 @@ export async function installCrds(cluster: KubeControlPlane): Promise<void> {
   ]);
 }
 
-/** Grants the controller's RBAC and returns a kubeconfig holding its ServiceAccount token. */
+/** The kinds of manifests/ that make up the controller's identity and permissions. */
+const RBAC_KINDS = new Set(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding']);
+
+/**
+ * Grants exactly the RBAC the chart renders (manifests/, the chart with its defaults) and returns
+ * a kubeconfig holding a token of the chart's ServiceAccount.
+ */
 export async function controllerKubeconfig(cluster: KubeControlPlane): Promise<string> {
-  await cluster.kubectl(['apply', '-f', join(projectRoot, 'test/integration/fixtures/controller-rbac.yaml')]);
+  const rbac = parseObjects(readFileSync(MANIFESTS_FILE, 'utf8')).filter((object) =>
+    RBAC_KINDS.has(object.kind),
+  );
+  const account = rbac.find((object) => object.kind === 'ServiceAccount');
+  if (
+    account?.metadata.name !== CONTROLLER_SERVICE_ACCOUNT ||
+    account.metadata.namespace !== CONTROLLER_NAMESPACE
+  ) {
+    throw new Error(
+      `${MANIFESTS_FILE} must hold the ServiceAccount ${CONTROLLER_NAMESPACE}/${CONTROLLER_SERVICE_ACCOUNT}, found ${JSON.stringify(account?.metadata)}`,
+    );
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'lvp-rbac-'));
+  try {
+    const file = join(dir, 'rbac.yaml');
+    writeFileSync(file, rbac.map((object) => yaml.dump(object)).join('---\n'));
+    await cluster.kubectl(['apply', '-f', file]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
   return cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT);
 }
 
