@@ -1,0 +1,254 @@
+// `npm run bench`: provisioning speed and memory of the real controller against the physical
+// limits measured in the same run on the same data (a plain curl of the object, a plain
+// qemu-img convert), because these machines are shared and noisy. Writes JSON and a Markdown
+// summary to bench/results/. Options: --size-mib N (default 512), --runs N (default 3).
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs, promisify } from 'node:util';
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import type { VolumeProvision } from '../src/api/v1alpha1.ts';
+import { startKubeControlPlane } from '../test/rig/kube.ts';
+import { startMinio } from '../test/rig/minio.ts';
+import { projectRoot } from '../test/rig/tools.ts';
+import { makeWorkDir } from '../test/rig/workdir.ts';
+import {
+  controllerDirs,
+  controllerKubeconfig,
+  installCrds,
+  isReady,
+  startController,
+} from '../test/support/controller.ts';
+import { median, round } from './stats.ts';
+import { peakRss, timeCommand, watchUntil } from './timing.ts';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const NAMESPACE = 'bench';
+const NODE = 'bench-node';
+
+const { values } = parseArgs({
+  options: { 'size-mib': { type: 'string', default: '512' }, runs: { type: 'string', default: '3' } },
+});
+const sizeMiB = Number(values['size-mib']);
+const runs = Number(values.runs);
+if (!Number.isInteger(sizeMiB) || sizeMiB < 8 || !Number.isInteger(runs) || runs < 1) {
+  throw new Error('usage: npm run bench -- [--size-mib N>=8] [--runs N>=1]');
+}
+
+/** Realistic content without holding it in memory: 40 % random, 20 % written zeros, 40 % hole. */
+function writeRawImage(path: string, bytes: number): void {
+  const fd = openSync(path, 'w');
+  const zeros = Buffer.alloc(MiB);
+  for (let offset = 0; offset < bytes; offset += MiB) {
+    const slot = (offset / MiB) % 10;
+    if (slot < 4) writeSync(fd, randomBytes(MiB), 0, MiB, offset);
+    else if (slot < 6) writeSync(fd, zeros, 0, MiB, offset);
+  }
+  closeSync(fd);
+  truncateSync(path, bytes);
+}
+
+const workDir = makeWorkDir('bench');
+console.log(`bench: ${sizeMiB} MiB images, ${runs} runs, work dir ${workDir}`);
+const [cluster, minio] = await Promise.all([
+  startKubeControlPlane(join(workDir, 'kube')),
+  startMinio(join(workDir, 'minio')),
+]);
+const admin = cluster.adminConfig();
+await installCrds(cluster);
+const kubeconfig = await controllerKubeconfig(cluster);
+await admin.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NAMESPACE } } });
+await admin.makeApiClient(CoreV1Api).createNamespacedSecret({
+  namespace: NAMESPACE,
+  body: {
+    metadata: { name: 'minio' },
+    stringData: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
+  },
+});
+const objects = admin.makeApiClient(CustomObjectsApi);
+const s3 = minio.client();
+await s3.makeBucket('bench');
+
+const rawPath = join(workDir, 'image.raw');
+const qcow2Path = join(workDir, 'image.qcow2');
+writeRawImage(rawPath, sizeMiB * MiB);
+await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rawPath, qcow2Path]);
+const smallMiB = Math.max(8, Math.round(sizeMiB / 8));
+const smallPath = join(workDir, 'small.qcow2');
+writeRawImage(join(workDir, 'small.raw'), smallMiB * MiB);
+await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', join(workDir, 'small.raw'), smallPath]);
+await s3.fPutObject('bench', 'image.qcow2', qcow2Path);
+await s3.fPutObject('bench', 'image.raw', rawPath);
+await s3.fPutObject('bench', 'small.qcow2', smallPath);
+
+const scratch = join(workDir, 'baseline');
+mkdirSync(scratch, { recursive: true });
+const startNode = async (name: string) => {
+  const dirs = controllerDirs(join(workDir, name));
+  const controller = await startController({
+    kubeconfig,
+    nodeName: NODE,
+    dirs,
+    logFile: join(workDir, `${name}.log`),
+    env: { LVP_S3_ENDPOINT: minio.endpoint, LOG_LEVEL: 'info' },
+  });
+  return { controller, dirs };
+};
+
+let sequence = 0;
+/** Creates a VolumeProvision and returns the seconds from create to Ready, seen through a watch. */
+async function provision(
+  key: string,
+  format: 'qcow2' | 'raw',
+  sizeBytes: number,
+): Promise<{ seconds: number; object: VolumeProvision }> {
+  sequence += 1;
+  const name = `bench-${sequence}`;
+  const started = performance.now();
+  const ready = watchUntil(admin, NAMESPACE, name, isReady, 600_000);
+  await objects.createNamespacedCustomObject({
+    group: 'lvp.dev',
+    version: 'v1alpha1',
+    namespace: NAMESPACE,
+    plural: 'volumeprovisions',
+    body: {
+      apiVersion: 'lvp.dev/v1alpha1',
+      kind: 'VolumeProvision',
+      metadata: { name },
+      spec: {
+        nodeName: NODE,
+        source: { url: `s3://bench/${key}`, format, secretRef: { name: 'minio' } },
+        target: { type: 'file', volumeName: `${name}.img`, size: sizeBytes },
+        reclaimPolicy: 'Delete',
+      },
+    },
+  });
+  const { object, at } = await ready;
+  return { seconds: (at - started) / 1000, object };
+}
+
+/** A fresh key per miss run: a server-side copy, so the node cache has never seen it. */
+async function freshCopy(source: string, run: number): Promise<string> {
+  const key = `${source}.run-${run}`;
+  await s3.copyObject('bench', key, `/bench/${source}`);
+  return key;
+}
+
+const presigned = (key: string) => s3.presignedGetObject('bench', key, 3600);
+const plainConvert = async (source: string, format: string, target: string) => {
+  rmSync(target, { force: true });
+  // Plain options, then sync: the baseline's data is on disk too, as ours is at Ready.
+  const convert = await timeCommand('qemu-img', ['convert', '-f', format, '-O', 'raw', source, target]);
+  const sync = await timeCommand('sync', ['-f', target]);
+  return convert + sync;
+};
+const curl = async (url: string, target: string) => {
+  rmSync(target, { force: true });
+  return timeCommand('curl', ['-sS', '--fail', '-o', target, url]);
+};
+
+const { controller } = await startNode('node');
+const samples = {
+  qcow2Miss: [] as number[],
+  qcow2Baseline: [] as number[],
+  rawMiss: [] as number[],
+  rawBaseline: [] as number[],
+  hit: [] as number[],
+  hitBaseline: [] as number[],
+};
+for (let index = 1; index <= runs; index += 1) {
+  const downloaded = join(scratch, 'download');
+  const converted = join(scratch, 'converted.raw');
+  const curlQcow2 = await curl(await presigned('image.qcow2'), downloaded);
+  samples.qcow2Baseline.push(curlQcow2 + (await plainConvert(downloaded, 'qcow2', converted)));
+  samples.hitBaseline.push(await plainConvert(downloaded, 'qcow2', converted));
+  samples.qcow2Miss.push(
+    (await provision(await freshCopy('image.qcow2', index), 'qcow2', sizeMiB * MiB)).seconds,
+  );
+  samples.hit.push((await provision('image.qcow2', 'qcow2', sizeMiB * MiB)).seconds);
+
+  const curlRaw = await curl(await presigned('image.raw'), downloaded);
+  samples.rawBaseline.push(Math.max(curlRaw, await plainConvert(downloaded, 'raw', converted)));
+  samples.rawMiss.push((await provision(await freshCopy('image.raw', index), 'raw', sizeMiB * MiB)).seconds);
+  console.log(`run ${index}/${runs} done`);
+}
+await controller.process.stop();
+
+// Memory: a fresh controller per image size, so each peak belongs to one provision.
+const memory: Record<string, number> = {};
+for (const [label, key, bytes] of [
+  ['small', 'small.qcow2', smallMiB * MiB],
+  ['large', 'image.qcow2', sizeMiB * MiB],
+] as const) {
+  const node = await startNode(`memory-${label}`);
+  await provision(await freshCopy(key, 1000), 'qcow2', bytes);
+  memory[label] = await peakRss(node.controller.process.pid);
+  await node.controller.process.stop();
+}
+await minio.stop();
+await cluster.stop();
+
+const m = Object.fromEntries(Object.entries(samples).map(([key, list]) => [key, median(list)])) as Record<
+  keyof typeof samples,
+  number
+>;
+const rssGrowth = (memory.large ?? 0) / (memory.small ?? 1) - 1;
+const results = [
+  {
+    scenario: 'cache miss, qcow2 → file',
+    ours: m.qcow2Miss,
+    baseline: m.qcow2Baseline,
+    baselineIs: 'curl + qemu-img convert (+sync)',
+    target: 1.1,
+  },
+  {
+    scenario: 'cache miss, raw → file',
+    ours: m.rawMiss,
+    baseline: m.rawBaseline,
+    baselineIs: 'max(curl, qemu-img convert (+sync))',
+    target: 1.1,
+  },
+  {
+    scenario: 'cache hit, qcow2 → file',
+    ours: m.hit,
+    baseline: m.hitBaseline,
+    baselineIs: 'qemu-img convert (+sync)',
+    target: 1.05,
+  },
+].map((row) => ({
+  ...row,
+  ratio: round(row.ours / row.baseline),
+  pass: row.ours / row.baseline <= row.target,
+}));
+const memoryRow = {
+  smallMiB,
+  largeMiB: sizeMiB,
+  peakRssSmallMB: round((memory.small ?? 0) / 1e6, 1),
+  peakRssLargeMB: round((memory.large ?? 0) / 1e6, 1),
+  growth: round(rssGrowth),
+  pass: (memory.large ?? 0) <= 150e6 && rssGrowth < 0.1,
+};
+
+const stamp = new Date().toISOString().replaceAll(':', '-');
+const report = { date: new Date().toISOString(), sizeMiB, runs, samples, results, memory: memoryRow };
+mkdirSync(join(projectRoot, 'bench/results'), { recursive: true });
+writeFileSync(join(projectRoot, `bench/results/${stamp}.json`), `${JSON.stringify(report, null, 2)}\n`);
+const lines = [
+  `# Benchmark ${report.date}`,
+  '',
+  `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller.`,
+  '',
+  '| scenario | ours (s) | baseline (s) | baseline | ratio | target | result |',
+  '| --- | --- | --- | --- | --- | --- | --- |',
+  ...results.map(
+    (row) =>
+      `| ${row.scenario} | ${round(row.ours, 2)} | ${round(row.baseline, 2)} | ${row.baselineIs} | ${row.ratio} | ≤ ${row.target} | ${row.pass ? 'pass' : 'miss'} |`,
+  ),
+  '',
+  `Peak RSS: ${memoryRow.peakRssSmallMB} MB (${smallMiB} MiB image), ${memoryRow.peakRssLargeMB} MB (${sizeMiB} MiB image), growth ${round(rssGrowth * 100, 1)} % (target ≤ 150 MB and < 10 %): ${memoryRow.pass ? 'pass' : 'miss'}`,
+  '',
+];
+writeFileSync(join(projectRoot, 'bench/results/summary.md'), lines.join('\n'));
+console.log(lines.join('\n'));

@@ -1,0 +1,65 @@
+// Timing of whole commands and of VolumeProvision objects through the real controller.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { type KubeConfig, type KubernetesObject, Watch } from '@kubernetes/client-node';
+import type { VolumeProvision } from '../src/api/v1alpha1.ts';
+
+const run = promisify(execFile);
+
+/** Seconds a command takes, from spawn to exit. */
+export async function timeCommand(command: string, args: readonly string[]): Promise<number> {
+  const started = performance.now();
+  await run(command, [...args], { maxBuffer: 16 << 20 });
+  return (performance.now() - started) / 1000;
+}
+
+/**
+ * Resolves with the object once `predicate` holds, observed through a watch (no polling),
+ * and the time it was seen; rejects if the object reaches stage Failed.
+ */
+export function watchUntil(
+  config: KubeConfig,
+  namespace: string,
+  name: string,
+  predicate: (object: VolumeProvision) => boolean,
+  timeoutMs: number,
+): Promise<{ object: VolumeProvision; at: number }> {
+  return new Promise((resolve, reject) => {
+    let controller: AbortController | undefined;
+    const timer = setTimeout(
+      () => finish(new Error(`${namespace}/${name} not done after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const finish = (error?: Error, object?: VolumeProvision) => {
+      clearTimeout(timer);
+      controller?.abort();
+      if (error) reject(error);
+      else resolve({ object: object as VolumeProvision, at: performance.now() });
+    };
+    void new Watch(config)
+      .watch(
+        `/apis/lvp.dev/v1alpha1/namespaces/${namespace}/volumeprovisions`,
+        { fieldSelector: `metadata.name=${name}` },
+        (_phase: string, object: KubernetesObject) => {
+          const vp = object as VolumeProvision;
+          if (vp.status?.stage === 'Failed') finish(new Error(`${name} failed: ${vp.status.message}`));
+          else if (predicate(vp)) finish(undefined, vp);
+        },
+        (error: unknown) => {
+          if (error) finish(error instanceof Error ? error : new Error(String(error)));
+        },
+      )
+      .then((started) => {
+        controller = started;
+      }, finish);
+  });
+}
+
+/** The peak resident set size of a process so far (VmHWM), in bytes. */
+export async function peakRss(pid: number): Promise<number> {
+  const { readFile } = await import('node:fs/promises');
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
+  if (!match?.[1]) throw new Error(`no VmHWM for pid ${pid}`);
+  return Number(match[1]) * 1024;
+}

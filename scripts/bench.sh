@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# `npm run bench`: installs what is missing, then runs bench/run.ts against the real rig.
+# Pass options after --, e.g. npm run bench -- --size-mib 2048 --runs 5
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/ensure-node.sh
+bash scripts/rig/install-tools.sh
+export LVP_RIG_DIR=${LVP_RIG_DIR:-${TMPDIR:-/tmp}/lvp-bench}
+export LVP_RIG_PID_DIR="$LVP_RIG_DIR/pids"
+rm -rf "$LVP_RIG_DIR"
+exec node bench/run.ts "$@"
