@@ -8,4 +8,5 @@ bash scripts/rig/install-tools.sh
 export LVP_RIG_DIR=${LVP_RIG_DIR:-${TMPDIR:-/tmp}/lvp-bench}
 export LVP_RIG_PID_DIR="$LVP_RIG_DIR/pids"
 rm -rf "$LVP_RIG_DIR"
+npm run -s build
 exec node bench/run.ts "$@"

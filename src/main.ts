@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   }
   const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   const serviceVersion = version();
-  const tracing = startTracing({
+  const tracing = await startTracing({
     endpoint: config.otlpEndpoint,
     serviceName: config.otelServiceName,
     serviceVersion,
@@ -79,8 +79,11 @@ async function main(): Promise<void> {
     workers: config.workers,
     metrics: {
       jobs: metrics,
-      queue: metrics.workQueue('volumeprovision'),
-      cachedImageQueue: metrics.workQueue('cachedimage'),
+      // Queues are named after the kind in lower case, as controller-runtime names them.
+      kind: ({ kind, plural }) => ({
+        queue: metrics.workQueue(kind.toLowerCase()),
+        informer: metrics.informer(plural),
+      }),
     },
   });
   const jobSlots = () => ({ running: controller.runner.running, slots: controller.runner.slots });

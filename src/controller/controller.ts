@@ -18,7 +18,7 @@ import { errorMessage } from '../k8s/errors.ts';
 import { StatusWriter } from '../k8s/status-writer.ts';
 import type { CacheControl, Pipeline } from '../pipeline/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import type { JobMetrics, WorkQueueMetrics } from '../telemetry/metrics.ts';
+import type { InformerMetrics, JobMetrics, WorkQueueMetrics } from '../telemetry/metrics.ts';
 import type { BackoffPolicy } from '../util/backoff.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { CachedImageReconciler } from './cached-image-reconciler.ts';
@@ -44,7 +44,11 @@ export interface ControllerOptions {
   reconcileBackoff?: BackoffPolicy;
   /** Delays between job attempts after retryable failures. */
   retryBackoff?: BackoffPolicy;
-  metrics?: { jobs: JobMetrics; queue: WorkQueueMetrics; cachedImageQueue: WorkQueueMetrics };
+  metrics?: {
+    jobs: JobMetrics;
+    /** The queue and informer metrics of one kind. */
+    kind(kind: { kind: string; plural: string }): KindMetrics;
+  };
   /** How often a Cached image is confirmed in the cache again; default 10 minutes. */
   cachedImageResyncMs?: number;
 }
@@ -73,7 +77,12 @@ interface KindLoopOptions<T extends KubernetesObject> {
   logger: Logger;
   clock: Clock;
   backoff: BackoffPolicy;
-  queueMetrics?: WorkQueueMetrics;
+  metrics?: KindMetrics;
+}
+
+export interface KindMetrics {
+  queue: WorkQueueMetrics;
+  informer: InformerMetrics;
 }
 
 /** One kind's informer, work queue and workers: events enqueue keys, workers reconcile them. */
@@ -88,7 +97,7 @@ class KindLoop<T extends KubernetesObject> {
     this.queue = new WorkQueue<string>({
       clock: options.clock,
       backoff: options.backoff,
-      ...(options.queueMetrics ? { metrics: options.queueMetrics } : {}),
+      ...(options.metrics ? { metrics: options.metrics.queue } : {}),
     });
     const enqueue = (object: T) => this.queue.add(objectKey(object));
     this.informer = new Informer<T>({
@@ -105,6 +114,7 @@ class KindLoop<T extends KubernetesObject> {
         },
         delete: enqueue,
       },
+      ...(options.metrics ? { metrics: options.metrics.informer } : {}),
       onError: (error, retryInMs) =>
         options.logger.warn(
           { kind: options.plural, err: errorMessage(error), retryInMs },
@@ -223,14 +233,14 @@ export class Controller {
       plural: VOLUME_PROVISION.plural,
       list: (fieldSelector) => options.api.list(fieldSelector),
       reconcile: (key) => reconciler.reconcile(key),
-      ...(options.metrics ? { queueMetrics: options.metrics.queue } : {}),
+      ...(options.metrics ? { metrics: options.metrics.kind(VOLUME_PROVISION) } : {}),
     });
     this.#cachedImages = new KindLoop<CachedImage>({
       ...shared,
       plural: CACHED_IMAGE.plural,
       list: (fieldSelector) => options.cachedImageApi.list(fieldSelector),
       reconcile: (key) => cachedImageReconciler.reconcile(key),
-      ...(options.metrics ? { queueMetrics: options.metrics.cachedImageQueue } : {}),
+      ...(options.metrics ? { metrics: options.metrics.kind(CACHED_IMAGE) } : {}),
     });
   }
 

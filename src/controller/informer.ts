@@ -8,6 +8,7 @@
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import { Watch } from '@kubernetes/client-node';
 import { httpStatusOf } from '../k8s/errors.ts';
+import type { InformerMetrics } from '../telemetry/metrics.ts';
 import { type BackoffPolicy, backoffDelay } from '../util/backoff.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 
@@ -34,6 +35,7 @@ export interface InformerOptions<T extends KubernetesObject> {
   watchTimeoutSeconds?: number;
   backoff?: BackoffPolicy;
   clock?: Clock;
+  metrics?: InformerMetrics;
 }
 
 export const objectKey = (object: KubernetesObject): string =>
@@ -123,6 +125,7 @@ export class Informer<T extends KubernetesObject> {
 
   async #relist(): Promise<void> {
     const list = await this.#options.list(this.#options.fieldSelector);
+    this.#options.metrics?.received('list', list.items.length);
     const seen = new Set<string>();
     for (const object of list.items) {
       const key = objectKey(object);
@@ -183,6 +186,7 @@ export class Informer<T extends KubernetesObject> {
         }
         events += 1;
         this.#failures = 0;
+        if (phase !== 'BOOKMARK') this.#options.metrics?.received('watch', 1);
         const resourceVersion = object.metadata?.resourceVersion;
         if (resourceVersion) this.#resourceVersion = resourceVersion;
         if (phase === 'ADDED' || phase === 'MODIFIED') this.#upsert(objectKey(object), object);

@@ -40,6 +40,11 @@ export interface PipelineMetrics {
   storageOperation(operation: StorageOperation, error?: StorageErrorType): void;
 }
 
+/** What one informer received from the API server, counted as client-go's reflector does. */
+export interface InformerMetrics {
+  received(source: 'list' | 'watch', objects: number): void;
+}
+
 /** controller-runtime's workqueue metrics for one named queue. */
 export interface WorkQueueMetrics {
   added(): void;
@@ -99,6 +104,7 @@ export class ProvisionerMetrics implements JobMetrics, PipelineMetrics {
   readonly #stageDuration: Histogram<'stage'>;
   readonly #stageThroughput: Gauge<'stage'>;
   readonly #dependenciesUp: Gauge<'dependency'>;
+  readonly #informerReceived: Counter<'resource' | 'source'>;
   readonly #queueDepth: Gauge<'name'>;
   readonly #queueAdds: Counter<'name'>;
   readonly #queueLatency: Histogram<'name'>;
@@ -226,6 +232,12 @@ export class ProvisionerMetrics implements JobMetrics, PipelineMetrics {
       labelNames: ['dependency'],
       registers,
     });
+    this.#informerReceived = new Counter({
+      name: `${PREFIX}informer_received_objects_total`,
+      help: 'Objects an informer received from the API server, from list pages and watch events',
+      labelNames: ['resource', 'source'],
+      registers,
+    });
     this.#queueDepth = new Gauge({
       name: 'workqueue_depth',
       help: 'Current depth of workqueue',
@@ -303,6 +315,12 @@ export class ProvisionerMetrics implements JobMetrics, PipelineMetrics {
 
   dependencyUp(dependency: Dependency, up: boolean): void {
     this.#dependenciesUp.set({ dependency }, up ? 1 : 0);
+  }
+
+  /** The metrics of one resource's informer; other nodes' objects must never count here. */
+  informer(resource: string): InformerMetrics {
+    for (const source of ['list', 'watch']) this.#informerReceived.inc({ resource, source }, 0);
+    return { received: (source, objects) => this.#informerReceived.inc({ resource, source }, objects) };
   }
 
   /** The metrics of one work queue, labelled `name` as in controller-runtime. */

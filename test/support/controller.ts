@@ -80,17 +80,33 @@ export interface ControllerProcess {
   logs(): Record<string, unknown>[];
 }
 
+/**
+ * The node arguments of the container image: the Dockerfile's ENTRYPOINT, which runs the
+ * compiled dist/main.js (`npm run build`) with the image's V8 flags.
+ */
+export function imageEntrypointArgs(): string[] {
+  const dockerfile = readFileSync(join(projectRoot, 'Dockerfile'), 'utf8');
+  const line = dockerfile.split('\n').find((text) => text.startsWith('ENTRYPOINT '));
+  const command = line ? (JSON.parse(line.slice('ENTRYPOINT '.length)) as unknown) : undefined;
+  if (!Array.isArray(command) || command[0] !== 'node' || !command.every((arg) => typeof arg === 'string')) {
+    throw new Error('the Dockerfile has no exec-form ENTRYPOINT ["node", ...]');
+  }
+  return command.slice(1);
+}
+
 export async function startController(options: {
   kubeconfig: string;
   nodeName: string;
   dirs: ControllerDirs;
   logFile: string;
   env?: Record<string, string>;
+  /** `image` runs dist/ as the container does (see imageEntrypointArgs); default: src/main.ts. */
+  entry?: 'source' | 'image';
 }): Promise<ControllerProcess> {
   const process_ = new ManagedProcess({
     name: 'controller',
     command: join(projectRoot, 'node_modules/.bin/node'),
-    args: [join(projectRoot, 'src/main.ts')],
+    args: options.entry === 'image' ? imageEntrypointArgs() : [join(projectRoot, 'src/main.ts')],
     cwd: projectRoot,
     env: {
       PATH: process.env.PATH,

@@ -16,12 +16,12 @@ import { S3Source } from './s3Source.ts';
 import { errorCode, type ObjectInfo, type ObjectSource } from './source.ts';
 import { parseS3Endpoint, parseSourceUrl, type S3Endpoint } from './url.ts';
 
-/** Temporary files start with this; anything so named in the cache after a crash is garbage. */
 /** Backoff between transfer retries, and how many faults in a row without progress end it. */
 export interface RetryPolicy extends BackoffPolicy {
   maxRetries: number;
 }
 
+/** Temporary files start with this; anything so named in the cache after a crash is garbage. */
 export const PARTIAL_FILE_PREFIX = '.partial-';
 /** The old service's margin: the image plus 5 % must fit before a download starts. */
 export const FREE_SPACE_FACTOR = 1.05;

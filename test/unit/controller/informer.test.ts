@@ -119,7 +119,7 @@ describe('Informer', () => {
     assert.ok(informer.get('ns/c'));
   });
 
-  it('resumes from the last resourceVersion, bookmarks included, when a watch ends', async () => {
+  it('resumes from the last resourceVersion, bookmarks included, and counts what it received', async () => {
     watchScripts.push({
       events: [
         { type: 'ADDED', object: object('d', '11') },
@@ -128,11 +128,13 @@ describe('Informer', () => {
       end: 'close',
     });
     const before = watchQueries.length;
+    const received: string[] = [];
     const informer = new Informer<KubernetesObject>({
       kubeConfig: config,
       path: '/apis/x/v1/things',
-      list: async () => ({ items: [], metadata: { resourceVersion: '10' } }),
+      list: async () => ({ items: [object('e', '10')], metadata: { resourceVersion: '10' } }),
       handlers: { add: () => {}, update: () => {}, delete: () => {} },
+      metrics: { received: (source, objects) => received.push(`${source} ${objects}`) },
     });
     informer.start();
     await waitUntil(async () => watchQueries.length >= before + 2, {
@@ -147,5 +149,6 @@ describe('Informer', () => {
       'resumed after the bookmark, without a relist',
     );
     assert.ok(informer.get('ns/d'));
+    assert.deepEqual(received, ['list 1', 'watch 1'], 'the list item and the ADDED event, no bookmark');
   });
 });
