@@ -3,7 +3,8 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, rm, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { addAbortSignal } from 'node:stream';
+import { addAbortSignal, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { SourceCredentials } from '../../pipeline/types.ts';
 import { PipelineError } from '../../pipeline/types.ts';
@@ -23,6 +24,12 @@ export interface RetryPolicy extends BackoffPolicy {
 
 /** Temporary files start with this; anything so named in the cache after a crash is garbage. */
 export const PARTIAL_FILE_PREFIX = '.partial-';
+/**
+ * Received chunks (64 KiB each from node's HTTP client) are buffered up to this much and
+ * written with one positioned writev while the next ones arrive: one write per chunk, awaited
+ * in turn, made our download about 1.6 times slower (bench/).
+ */
+const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 /** The old service's margin: the image plus 5 % must fit before a download starts. */
 export const FREE_SPACE_FACTOR = 1.05;
 
@@ -347,11 +354,17 @@ class Transfer {
       const { body, offset } = await this.#source.open(this.bytesDone, this.#info, signal);
       if (offset !== this.bytesDone) await this.#restart();
       addAbortSignal(signal, body);
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        watchdog.refresh();
-        await this.#write(chunk);
-        watchdog.refresh();
-      }
+      const sink = new Writable({
+        highWaterMark: WRITE_BATCH_BYTES,
+        writev: (chunks, callback) => {
+          watchdog.refresh();
+          this.#write(chunks.map(({ chunk }) => chunk as Buffer)).then(() => {
+            watchdog.refresh();
+            callback();
+          }, callback);
+        },
+      });
+      await pipeline(body, sink);
     } catch (error) {
       if (stall.signal.aborted && !userSignal.aborted) throw stall.signal.reason;
       throw error;
@@ -373,8 +386,10 @@ class Transfer {
     return this.#digests.verify(this.#expected);
   }
 
-  async #write(chunk: Buffer): Promise<void> {
-    if (this.bytesDone + chunk.length > this.#info.sizeBytes) {
+  /** Writes received chunks at bytesDone, in one writev unless the kernel takes fewer bytes. */
+  async #write(chunks: Buffer[]): Promise<void> {
+    const length = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+    if (this.bytesDone + length > this.#info.sizeBytes) {
       throw new PipelineError(
         DownloadReason.SourceChanged,
         `${this.#source.description} sent more than the ${this.#info.sizeBytes} bytes it announced`,
@@ -382,14 +397,17 @@ class Transfer {
       );
     }
     await onDisk(dirname(this.#path), async () => {
-      let written = 0;
-      while (written < chunk.length) {
-        const position = this.bytesDone + written;
-        written += (await this.#file.write(chunk, written, chunk.length - written, position)).bytesWritten;
+      let written = (await this.#file.writev(chunks, this.bytesDone)).bytesWritten;
+      if (written < length) {
+        const rest = Buffer.concat(chunks);
+        while (written < length) {
+          written += (await this.#file.write(rest, written, length - written, this.bytesDone + written))
+            .bytesWritten;
+        }
       }
     });
-    this.#digests.update(chunk);
-    this.bytesDone += chunk.length;
+    for (const chunk of chunks) this.#digests.update(chunk);
+    this.bytesDone += length;
     // Bounds dirty (and, with eviction, all) page cache of this file to one interval.
     if (this.bytesDone - this.#syncedAt >= this.#settings.syncIntervalBytes) {
       await onDisk(dirname(this.#path), () => this.#file.datasync());
