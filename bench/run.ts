@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { CoreV1Api } from '@kubernetes/client-node';
 import type { VolumeProvision } from '../src/api/v1alpha1.ts';
 import { startKubeControlPlane } from '../test/rig/kube.ts';
 import { startMinio } from '../test/rig/minio.ts';
@@ -22,6 +22,7 @@ import {
   installCrds,
   isReady,
   startController,
+  volumeProvisions,
 } from '../test/support/controller.ts';
 import { scaleScenario } from './scale.ts';
 import { median, round } from './stats.ts';
@@ -92,7 +93,7 @@ await admin.makeApiClient(CoreV1Api).createNamespacedSecret({
     stringData: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
   },
 });
-const objects = admin.makeApiClient(CustomObjectsApi);
+const objects = volumeProvisions(admin, NAMESPACE);
 const s3 = minio.client();
 await s3.makeBucket('bench');
 
@@ -134,21 +135,13 @@ async function provision(
   const name = `bench-${sequence}`;
   const started = performance.now();
   const ready = watchUntil(admin, NAMESPACE, name, isReady, 600_000);
-  await objects.createNamespacedCustomObject({
-    group: 'lvp.dev',
-    version: 'v1alpha1',
-    namespace: NAMESPACE,
-    plural: 'volumeprovisions',
-    body: {
-      apiVersion: 'lvp.dev/v1alpha1',
-      kind: 'VolumeProvision',
-      metadata: { name },
-      spec: {
-        nodeName: NODE,
-        source: { url: `s3://bench/${key}`, format, secretRef: { name: 'minio' } },
-        target: { type: 'file', volumeName: `${name}.img`, size: sizeBytes },
-        reclaimPolicy: 'Delete',
-      },
+  await objects.create({
+    metadata: { name },
+    spec: {
+      nodeName: NODE,
+      source: { url: `s3://bench/${key}`, format, secretRef: { name: 'minio' } },
+      target: { type: 'file', volumeName: `${name}.img`, size: sizeBytes },
+      reclaimPolicy: 'Delete',
     },
   });
   const { object, at } = await ready;

@@ -3,7 +3,7 @@
 // the controller acknowledges its own objects, what it costs the API server, and that it never
 // sees the other nodes' objects.
 import { join } from 'node:path';
-import { CustomObjectsApi, type KubeConfig, type KubernetesObject, Watch } from '@kubernetes/client-node';
+import { type KubeConfig, type KubernetesObject, Watch } from '@kubernetes/client-node';
 import type { VolumeProvision } from '../src/api/v1alpha1.ts';
 import type { KubeControlPlane } from '../test/rig/kube.ts';
 import { freePort } from '../test/rig/net.ts';
@@ -13,6 +13,7 @@ import {
   controllerDirs,
   isReady,
   startController,
+  volumeProvisions,
 } from '../test/support/controller.ts';
 import { percentile, round } from './stats.ts';
 import { peakRss } from './timing.ts';
@@ -116,28 +117,20 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
   }
 
   const auditStart = ctx.cluster.auditEvents().length;
-  const api = ctx.admin.makeApiClient(CustomObjectsApi);
+  const vps = volumeProvisions(ctx.admin, ctx.namespace);
   const names = Array.from({ length: objects }, (_, index) => `scale-${index}`);
   const nodeOf = (index: number) => nodeNames[index % nodes] as string;
   let next = 0;
   const creator = async () => {
     for (let index = next++; index < objects; index = next++) {
       const name = names[index] as string;
-      await api.createNamespacedCustomObject({
-        group: 'lvp.dev',
-        version: 'v1alpha1',
-        namespace: ctx.namespace,
-        plural: 'volumeprovisions',
-        body: {
-          apiVersion: 'lvp.dev/v1alpha1',
-          kind: 'VolumeProvision',
-          metadata: { name },
-          spec: {
-            nodeName: nodeOf(index),
-            source: { ...ctx.source, secretRef: { name: 'minio' } },
-            target: { type: 'file', volumeName: `${name}.img`, size: ctx.targetBytes },
-            reclaimPolicy: 'Delete',
-          },
+      await vps.create({
+        metadata: { name },
+        spec: {
+          nodeName: nodeOf(index),
+          source: { ...ctx.source, secretRef: { name: 'minio' } },
+          target: { type: 'file', volumeName: `${name}.img`, size: ctx.targetBytes },
+          reclaimPolicy: 'Delete',
         },
       });
       if (nodeOf(index) === ctx.nodeName) createdAt.set(name, performance.now());
@@ -193,13 +186,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
   const peak = await peakRss(controller.process.pid);
   await controller.process.stop();
 
-  const all = (await api.listNamespacedCustomObject({
-    group: 'lvp.dev',
-    version: 'v1alpha1',
-    namespace: ctx.namespace,
-    plural: 'volumeprovisions',
-  })) as { items: VolumeProvision[] };
-  const otherNodesObjectsTouched = all.items.filter(
+  const otherNodesObjectsTouched = (await vps.list()).filter(
     (object) =>
       object.spec.nodeName !== ctx.nodeName &&
       (object.status !== undefined || (object.metadata?.finalizers ?? []).length > 0),

@@ -7,7 +7,14 @@ import type { ImageSource } from '../api/v1alpha1.ts';
 import type { Config } from '../config/config.ts';
 import { blkdiscardZeroer } from '../storage/block/zero.ts';
 import { ImageCache } from '../storage/cache/image-cache.ts';
-import { createDownloader, type Downloader, type DownloadSource } from '../storage/download/index.ts';
+import {
+  createDownloader,
+  DEFAULT_SYNC_INTERVAL_BYTES,
+  type Downloader,
+  type DownloadSource,
+  ddPageCache,
+  type PageCache,
+} from '../storage/download/index.ts';
 import { type LibvirtPools, virshPools } from '../storage/libvirt/virsh.ts';
 import { LvmCommand } from '../storage/lvm/command.ts';
 import { LvmVolumeManager } from '../storage/lvm/volumes.ts';
@@ -26,6 +33,7 @@ import {
 import { inSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
+import { RawTargetMirror } from './raw-mirror.ts';
 import { FileTargets, LvmTargets, type TargetBackend } from './targets.ts';
 import {
   type CacheControl,
@@ -53,6 +61,9 @@ export interface ProvisionerDeps {
   /** Measured stage rates: read at the start of each job, fed after each conversion. */
   rates?: StageRateSource;
   metrics?: PipelineMetrics;
+  /** How a raw image's target is written while it downloads; by default like a download. */
+  mirror?: { syncIntervalBytes: number; pageCache: PageCache };
+  logger?: Logger;
 }
 
 /** Failures of the node's cache folder itself, as opposed to the source or the transfer. */
@@ -99,8 +110,32 @@ export class Provisioner implements Pipeline, CacheControl {
       if (!looked) metrics.cacheLookup(hit);
       looked = true;
     };
+    const backend = this.#deps.targets[spec.target.type];
+    const volume = volumeAttributes(request.uid, spec, sizeBytes);
+    const prepare = () => inSpan('CreateVolume', volume, () => backend.prepare(request.uid, spec, sizeBytes));
+    // A raw image that fits is written into the target while it downloads (see raw-mirror.ts),
+    // so its target is prepared first. Nothing reaches the target before the header check.
+    const early = spec.source.format === 'raw' && stat.sizeBytes <= sizeBytes ? await prepare() : undefined;
+    const mirror =
+      early && !early.complete
+        ? new RawTargetMirror({
+            path: early.target.writePath,
+            isBlockDevice: early.target.isBlockDevice,
+            imageBytes: stat.sizeBytes,
+            signal,
+            ...(this.#deps.mirror ?? {
+              syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES,
+              pageCache: ddPageCache(),
+            }),
+            onDetach: (reason) => this.#deps.logger?.info({ reason }, 'converting from the cache instead'),
+          })
+        : undefined;
+    const discardEarly = async () => {
+      if (early && !early.complete) await early.target.discard();
+    };
     const downloadStart = clock.now();
     let entry: Awaited<ReturnType<ImageCache['acquire']>>;
+    let mirrored: boolean;
     try {
       entry = await this.#deps.cache.acquire(source, stat, {
         signal,
@@ -110,8 +145,12 @@ export class Provisioner implements Pipeline, CacheControl {
           if (seconds > 0) metrics.stageThroughput('download', done / seconds);
           onProgress(tracker.report('Downloading', done, total));
         },
+        ...(mirror ? { mirror } : {}),
       });
+      mirrored = (await mirror?.finish()) ?? false;
     } catch (error) {
+      await mirror?.finish();
+      await discardEarly();
       if (!signal.aborted && isStorageFailure(error))
         metrics.storageOperation('acquire', storageErrorType(error));
       else if (!signal.aborted) metrics.imageError('download', imageErrorType(error));
@@ -130,12 +169,11 @@ export class Provisioner implements Pipeline, CacheControl {
 
       const info = await imageStep('inspect', () =>
         inspectImage(this.#deps.qemuImg, entry.path, spec.source.format, sizeBytes),
-      );
-      const backend = this.#deps.targets[spec.target.type];
-      const volume = volumeAttributes(request.uid, spec, sizeBytes);
-      const preparation = await inSpan('CreateVolume', volume, () =>
-        backend.prepare(request.uid, spec, sizeBytes),
-      );
+      ).catch(async (error: unknown) => {
+        await discardEarly();
+        throw error;
+      });
+      const preparation = early ?? (await prepare());
       if (preparation.complete) {
         // Written and committed before a restart: nothing left but the final steps.
         onProgress(tracker.report('Finalizing', 0, 0));
@@ -143,8 +181,16 @@ export class Provisioner implements Pipeline, CacheControl {
         return { devicePath: preparation.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
       }
       const { target } = preparation;
-      onProgress(tracker.report('Converting', 0, info.virtualSize));
       const populate = { ...volume, 'volume.device_path': target.devicePath, 'image.path': entry.path };
+      if (mirrored) {
+        onProgress(tracker.report('Finalizing', 0, 0));
+        await inSpan('PopulateVolume', { ...populate, 'volume.written_while_downloading': true }, () =>
+          target.commit(info.virtualSize),
+        );
+        await this.#refreshPool(spec.target.libvirtPool);
+        return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: false };
+      }
+      onProgress(tracker.report('Converting', 0, info.virtualSize));
       await inSpan('PopulateVolume', populate, async () => {
         const convertStart = clock.now();
         try {
@@ -276,6 +322,7 @@ export async function createPipeline(
   return new Provisioner({
     rates,
     metrics,
+    logger,
     downloader,
     cache,
     qemuImg: createQemuImg(),

@@ -234,6 +234,17 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.deepEqual(volumesOf(result), volumesOf(scenario('conflict-untagged')));
   });
 
+  it('cancels a raw image being written while it downloads: keeps the LV, closed, and no partial file', () => {
+    const result = scenario('cancel-while-writing-raw');
+    const outcome = outcomeOf(result);
+    assert.deepEqual(outcome.error, { name: 'Error', message: 'the VolumeProvision was deleted' });
+    assert.ok((result.abortedAtBytes as number) < images.large.sizeBytes, 'stopped in the middle');
+    const row = volume(volumesOf(result), volumeNames.cancelled);
+    assert.equal(row?.lv_tags, `lvp.dev/uid=${uids.cancelled}`);
+    assert.equal(result.deviceOpen, '', 'no descriptor of the LV is left open');
+    assert.deepEqual(result.partialFiles, []);
+  });
+
   it('cancels a running conversion: rejects with the abort reason, kills qemu-img, keeps the LV', () => {
     const result = scenario('cancel-during-conversion');
     // The scene: qemu-img was converting into the LV, with -t none -T none (O_DIRECT on both

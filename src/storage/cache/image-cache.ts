@@ -26,13 +26,15 @@
 // victims, commit and lease) is atomic with respect to other jobs without any lock.
 import { randomBytes } from 'node:crypto';
 import { renameSync, statSync } from 'node:fs';
-import { mkdir, open, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PipelineError } from '../../pipeline/types.ts';
 import { redactUrlText } from '../../telemetry/logger.ts';
 import { type Clock, systemClock } from '../../util/clock.ts';
+import { fsyncFolder } from '../../util/fs.ts';
 import type {
   Downloader,
+  DownloadMirror,
   DownloadResult,
   DownloadSource,
   ExpectedChecksum,
@@ -189,18 +191,20 @@ export class ImageCache {
    * A verified local copy of the source, downloaded on a miss, held until the lease is
    * released. `stat` is the source's current size and expected checksum (Downloader.stat).
    * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
+   * `mirror` gets the bytes only if this call starts the download (not on a hit, nor when it
+   * joins another job's download).
    */
   async acquire(
     source: DownloadSource,
     stat: SourceStat,
-    options: { signal: AbortSignal; onProgress?: ProgressListener },
+    options: { signal: AbortSignal; onProgress?: ProgressListener; mirror?: DownloadMirror },
   ): Promise<CacheLease> {
     options.signal.throwIfAborted();
     this.#sweepExpired();
     const cached = this.#lookup(source.url, stat);
     if (cached) return cached;
     const key = downloadKey(source.url, stat);
-    const shared = this.#inflight.get(key) ?? this.#startDownload(key, source, stat);
+    const shared = this.#inflight.get(key) ?? this.#startDownload(key, source, stat, options.mirror);
     return this.#join(shared, options.signal, options.onProgress);
   }
 
@@ -276,7 +280,12 @@ export class ImageCache {
     return undefined;
   }
 
-  #startDownload(key: string, source: DownloadSource, stat: SourceStat): SharedDownload {
+  #startDownload(
+    key: string,
+    source: DownloadSource,
+    stat: SourceStat,
+    mirror?: DownloadMirror,
+  ): SharedDownload {
     const room = this.#makeRoom(stat.sizeBytes, stat.description);
     const shared: SharedDownload = {
       key,
@@ -286,12 +295,18 @@ export class ImageCache {
     };
     this.#inflight.set(key, shared);
     this.#downloading.add(shared);
-    this.#track(this.#download(shared, source, stat, room));
+    this.#track(this.#download(shared, source, stat, room, mirror));
     return shared;
   }
 
   /** Settles every waiter; never rejects. */
-  async #download(shared: SharedDownload, source: DownloadSource, stat: SourceStat, room: Promise<void>) {
+  async #download(
+    shared: SharedDownload,
+    source: DownloadSource,
+    stat: SourceStat,
+    room: Promise<void>,
+    mirror: DownloadMirror | undefined,
+  ) {
     // A partial-file name: if the process dies before the commit, open() removes it.
     const incoming = join(this.#dir, `${PARTIAL_FILE_PREFIX}incoming-${randomBytes(8).toString('hex')}`);
     try {
@@ -303,6 +318,7 @@ export class ImageCache {
         onProgress: ({ bytesDone, bytesTotal }) => {
           for (const waiter of shared.waiters) waiter.onProgress?.(bytesDone, bytesTotal);
         },
+        ...(mirror ? { mirror } : {}),
       });
       this.#rates?.record('download', result.sizeBytes, (this.#clock.now() - startedAt) / 1000);
       // From here to the last resolve nothing awaits: no eviction can come between the commit
@@ -519,14 +535,4 @@ function matches(entry: EntryRow, stat: SourceStat): boolean {
     entry.verifiedChecksum === checksumText(expected) ||
     (expected.algorithm === 'sha256' && entry.sha256 === expected.hex)
   );
-}
-
-/** Makes renames in `folder` durable. */
-async function fsyncFolder(folder: string): Promise<void> {
-  const handle = await open(folder, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

@@ -9,6 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { SourceCredentials } from '../../pipeline/types.ts';
 import { PipelineError } from '../../pipeline/types.ts';
 import { type BackoffPolicy, backoffDelay } from '../../util/backoff.ts';
+import { fsyncFolder } from '../../util/fs.ts';
+import { BoundedWriter } from './bounded-writer.ts';
 import { type ExpectedChecksum, parseChecksum, StreamingDigests } from './checksum.ts';
 import { HttpSource } from './httpSource.ts';
 import { ddPageCache, type PageCache } from './pageCache.ts';
@@ -24,6 +26,8 @@ export interface RetryPolicy extends BackoffPolicy {
 
 /** Temporary files start with this; anything so named in the cache after a crash is garbage. */
 export const PARTIAL_FILE_PREFIX = '.partial-';
+/** How much a download writes between flushes and page cache evictions. */
+export const DEFAULT_SYNC_INTERVAL_BYTES = 64 * 1024 * 1024;
 /**
  * Received chunks (64 KiB each from node's HTTP client) are buffered up to this much and
  * written with one positioned writev while the next ones arrive: one write per chunk, awaited
@@ -67,6 +71,18 @@ export interface DownloadOptions {
   signal: AbortSignal;
   /** Called synchronously from the transfer; it must not throw. */
   onProgress?: (progress: DownloadProgress) => void;
+  /** Gets every batch of received bytes too, at the same offset (see DownloadMirror). */
+  mirror?: DownloadMirror;
+}
+
+/**
+ * A second destination for the bytes as they arrive: a raw image is written into its target
+ * during the download instead of after it. Batches come in offset order from 0, and from 0
+ * again if the server ignores a Range request. It must not reject: a mirror that cannot keep
+ * up gives up on its own and the job falls back to converting from the cache.
+ */
+export interface DownloadMirror {
+  write(chunks: readonly Buffer[], position: number): Promise<void>;
 }
 
 export interface DownloadResult {
@@ -111,7 +127,7 @@ export function createDownloader(config: DownloaderConfig = {}): Downloader {
     retry: { ...DEFAULT_RETRY, ...config.retry },
     stallTimeoutMs: config.stallTimeoutMs ?? 60_000,
     progressIntervalMs: config.progressIntervalMs ?? 1_000,
-    syncIntervalBytes: config.syncIntervalBytes ?? 64 * 1024 * 1024,
+    syncIntervalBytes: config.syncIntervalBytes ?? DEFAULT_SYNC_INTERVAL_BYTES,
     pageCache: config.pageCache ?? ddPageCache(),
   };
   return {
@@ -152,7 +168,7 @@ async function statSource(source: DownloadSource, signal: AbortSignal, settings:
 
 async function download(
   source: DownloadSource,
-  { destinationPath, signal, onProgress }: DownloadOptions,
+  { destinationPath, signal, onProgress, mirror }: DownloadOptions,
   settings: Settings,
 ): Promise<DownloadResult> {
   const { objectSource, info, expected } = await statSource(source, signal, settings);
@@ -163,7 +179,10 @@ async function download(
   const file = await onDisk(folder, () => open(tempPath, 'wx', 0o644));
   let closed = false;
   try {
-    const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, onProgress);
+    const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, {
+      ...(onProgress ? { onProgress } : {}),
+      ...(mirror ? { mirror } : {}),
+    });
     await withRetries(
       () => transfer.attempt(signal),
       () => transfer.bytesDone,
@@ -278,16 +297,6 @@ async function onDisk<T>(folder: string, operation: () => Promise<T>): Promise<T
   }
 }
 
-/** Makes the rename durable: the new directory entry is on disk, not just the data. */
-async function fsyncFolder(folder: string): Promise<void> {
-  const handle = await open(folder, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 /** Calls back at most every `intervalMs`, and always for the first and the last byte. */
 class ProgressThrottle {
   readonly #callback: ((progress: DownloadProgress) => void) | undefined;
@@ -317,11 +326,12 @@ class Transfer {
   readonly #info: ObjectInfo;
   readonly #expected: ExpectedChecksum | undefined;
   readonly #file: FileHandle;
+  readonly #writer: BoundedWriter;
+  readonly #mirror: DownloadMirror | undefined;
   readonly #path: string;
   readonly #settings: Settings;
   readonly #progress: ProgressThrottle;
   #digests: StreamingDigests;
-  #syncedAt = 0;
 
   constructor(
     source: ObjectSource,
@@ -330,16 +340,18 @@ class Transfer {
     file: FileHandle,
     path: string,
     settings: Settings,
-    onProgress?: (progress: DownloadProgress) => void,
+    options: { onProgress?: (progress: DownloadProgress) => void; mirror?: DownloadMirror },
   ) {
     this.#source = source;
     this.#info = info;
     this.#expected = expected;
     this.#file = file;
+    this.#writer = new BoundedWriter(file, path, settings);
+    this.#mirror = options.mirror;
     this.#path = path;
     this.#settings = settings;
     this.#digests = new StreamingDigests(expected);
-    this.#progress = new ProgressThrottle(info.sizeBytes, settings.progressIntervalMs, onProgress);
+    this.#progress = new ProgressThrottle(info.sizeBytes, settings.progressIntervalMs, options.onProgress);
     this.#progress.report(0);
   }
 
@@ -350,6 +362,9 @@ class Transfer {
     const signal = AbortSignal.any([userSignal, stall.signal]);
     // The watchdog runs while waiting for the network, from the request until the last byte.
     const watchdog = setTimeout(() => stall.abort(new StallError(stallTimeoutMs)), stallTimeoutMs);
+    // pipeline() settles as soon as the body fails, while a batch may still be on its way to
+    // disk; the next attempt must not start until bytesDone counts it.
+    let writing: Promise<void> = Promise.resolve();
     try {
       const { body, offset } = await this.#source.open(this.bytesDone, this.#info, signal);
       if (offset !== this.bytesDone) await this.#restart();
@@ -358,7 +373,8 @@ class Transfer {
         highWaterMark: WRITE_BATCH_BYTES,
         writev: (chunks, callback) => {
           watchdog.refresh();
-          this.#write(chunks.map(({ chunk }) => chunk as Buffer)).then(() => {
+          writing = this.#write(chunks.map(({ chunk }) => chunk as Buffer));
+          writing.then(() => {
             watchdog.refresh();
             callback();
           }, callback);
@@ -370,6 +386,7 @@ class Transfer {
       throw error;
     } finally {
       clearTimeout(watchdog);
+      await writing.catch(() => {});
     }
     if (this.bytesDone < this.#info.sizeBytes)
       throw new Error(`connection closed after ${this.bytesDone} of ${this.#info.sizeBytes} bytes`);
@@ -386,7 +403,7 @@ class Transfer {
     return this.#digests.verify(this.#expected);
   }
 
-  /** Writes received chunks at bytesDone, in one writev unless the kernel takes fewer bytes. */
+  /** Writes received chunks at bytesDone, into the partial file and the mirror at once. */
   async #write(chunks: Buffer[]): Promise<void> {
     const length = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
     if (this.bytesDone + length > this.#info.sizeBytes) {
@@ -396,24 +413,12 @@ class Transfer {
         { terminal: false },
       );
     }
-    await onDisk(dirname(this.#path), async () => {
-      let written = (await this.#file.writev(chunks, this.bytesDone)).bytesWritten;
-      if (written < length) {
-        const rest = Buffer.concat(chunks);
-        while (written < length) {
-          written += (await this.#file.write(rest, written, length - written, this.bytesDone + written))
-            .bytesWritten;
-        }
-      }
-    });
+    await Promise.all([
+      onDisk(dirname(this.#path), () => this.#writer.write(chunks, this.bytesDone)),
+      this.#mirror?.write(chunks, this.bytesDone),
+    ]);
     for (const chunk of chunks) this.#digests.update(chunk);
     this.bytesDone += length;
-    // Bounds dirty (and, with eviction, all) page cache of this file to one interval.
-    if (this.bytesDone - this.#syncedAt >= this.#settings.syncIntervalBytes) {
-      await onDisk(dirname(this.#path), () => this.#file.datasync());
-      await this.#settings.pageCache.evict(this.#path);
-      this.#syncedAt = this.bytesDone;
-    }
     this.#progress.report(this.bytesDone);
   }
 
@@ -422,6 +427,5 @@ class Transfer {
     await onDisk(dirname(this.#path), () => this.#file.truncate(0));
     this.#digests = new StreamingDigests(this.#expected);
     this.bytesDone = 0;
-    this.#syncedAt = 0;
   }
 }

@@ -1,9 +1,12 @@
 // The download step of the pipeline: one image from S3/MinIO or HTTP(S) into a local folder.
+
+export { BoundedWriter } from './bounded-writer.ts';
 export type { ChecksumAlgorithm, ExpectedChecksum } from './checksum.ts';
 export { parseChecksum, parseSha256Sidecar } from './checksum.ts';
 export type {
   Downloader,
   DownloaderConfig,
+  DownloadMirror,
   DownloadOptions,
   DownloadProgress,
   DownloadResult,
@@ -11,7 +14,13 @@ export type {
   RetryPolicy,
   SourceStat,
 } from './download.ts';
-export { createDownloader, FREE_SPACE_FACTOR, isPartialFile, PARTIAL_FILE_PREFIX } from './download.ts';
+export {
+  createDownloader,
+  DEFAULT_SYNC_INTERVAL_BYTES,
+  FREE_SPACE_FACTOR,
+  isPartialFile,
+  PARTIAL_FILE_PREFIX,
+} from './download.ts';
 export type { PageCache } from './pageCache.ts';
 export { ddPageCache } from './pageCache.ts';
 export { DownloadReason } from './reasons.ts';

@@ -1,0 +1,184 @@
+// Raw images written into their target while they download: the real Provisioner, Downloader,
+// ImageCache, qemu-img and file targets against the rig's real MinIO. qemu-img is wrapped only
+// to count conversions. The LVM side of the same path runs in provision-lvm.test.ts.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { ImageFormat } from '../../src/api/v1alpha1.ts';
+import { Provisioner } from '../../src/pipeline/provisioner.ts';
+import { FileTargets, type TargetBackend } from '../../src/pipeline/targets.ts';
+import { PipelineError, type ProvisionRequest } from '../../src/pipeline/types.ts';
+import { ImageCache } from '../../src/storage/cache/image-cache.ts';
+import { createDownloader } from '../../src/storage/download/index.ts';
+import { virshPools } from '../../src/storage/libvirt/virsh.ts';
+import { createQemuImg, type QemuImg } from '../../src/storage/qemu-img/qemu-img.ts';
+import { StateDatabase } from '../../src/storage/state/database.ts';
+import { type MinioServer, startMinio } from '../rig/minio.ts';
+import { makeWorkDir } from '../rig/workdir.ts';
+
+const MiB = 1024 * 1024;
+const BUCKET = 'images';
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+/** 1 MiB stripes of random data and zeros, and an odd tail: like a real disk image. */
+function mixedImage(stripes: number): Buffer {
+  const parts: Buffer[] = [];
+  for (let stripe = 0; stripe < stripes; stripe += 1)
+    parts.push(stripe % 3 === 1 ? Buffer.alloc(MiB) : randomBytes(MiB));
+  parts.push(randomBytes(1000));
+  return Buffer.concat(parts);
+}
+
+const noLvm: TargetBackend = {
+  prepare: () => Promise.reject(new Error('no LVM in this test')),
+  release: () => Promise.reject(new Error('no LVM in this test')),
+};
+
+describe('raw images written while they download (MinIO, file targets)', { timeout: 180_000 }, () => {
+  let workDir: string;
+  let minio: MinioServer;
+  let provisioner: Provisioner;
+  let targetDir: string;
+  const conversions: string[] = [];
+  const mixed = mixedImage(24);
+  let qcow2Bytes: Buffer;
+
+  before(async () => {
+    workDir = makeWorkDir('raw-mirror');
+    minio = await startMinio(join(workDir, 'minio'));
+    const client = minio.client();
+    await client.makeBucket(BUCKET);
+    await client.putObject(BUCKET, 'mixed.raw', mixed, mixed.length);
+    await client.putObject(BUCKET, 'shared.raw', mixed, mixed.length);
+    // A qcow2 file declared raw: its header must never reach a target.
+    const plain = join(workDir, 'plain.raw');
+    writeFileSync(plain, mixedImage(2));
+    execFileSync('qemu-img', [
+      'convert',
+      '-f',
+      'raw',
+      '-O',
+      'qcow2',
+      plain,
+      join(workDir, 'disguised.qcow2'),
+    ]);
+    qcow2Bytes = readFileSync(join(workDir, 'disguised.qcow2'));
+    await client.putObject(BUCKET, 'disguised.raw', qcow2Bytes, qcow2Bytes.length);
+
+    const downloader = createDownloader({ s3Endpoint: { url: minio.endpoint } });
+    const cache = new ImageCache({
+      dir: join(workDir, 'cache'),
+      database: StateDatabase.open(join(workDir, 'state', 'state.db')),
+      downloader,
+    });
+    await cache.open();
+    const real = createQemuImg();
+    const qemuImg: QemuImg = {
+      info: (path, format) => real.info(path, format),
+      check: (path, format) => real.check(path, format),
+      convert: (options) => {
+        conversions.push(options.target);
+        return real.convert(options);
+      },
+    };
+    targetDir = join(workDir, 'images');
+    provisioner = new Provisioner({
+      downloader,
+      cache,
+      qemuImg,
+      targets: { file: new FileTargets({ dir: targetDir, stateDir: join(workDir, 'state') }), lvm: noLvm },
+      libvirt: virshPools({ uri: 'test:///default' }),
+    });
+  });
+  after(async () => {
+    await minio?.stop();
+  });
+
+  let uidCounter = 0;
+  const request = (
+    key: string,
+    volumeName: string,
+    extra: { checksum?: string; format?: ImageFormat } = {},
+  ) =>
+    ({
+      uid: `00000000-0000-4000-8000-${String(++uidCounter).padStart(12, '0')}`,
+      namespace: 'default',
+      name: volumeName,
+      spec: {
+        nodeName: 'node-a',
+        source: {
+          url: `s3://${BUCKET}/${key}`,
+          format: extra.format ?? 'raw',
+          ...(extra.checksum ? { checksum: extra.checksum } : {}),
+        },
+        target: { type: 'file', volumeName, size: 32 * MiB },
+        reclaimPolicy: 'Delete',
+      },
+      credentials: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
+    }) satisfies ProvisionRequest;
+  const provision = (req: ProvisionRequest) =>
+    provisioner.provision(req, { signal: new AbortController().signal, onProgress: () => {} });
+  const filesFor = (volumeName: string) => readdirSync(targetDir).filter((name) => name.includes(volumeName));
+
+  it('writes a raw cache miss into the target during the download: byte for byte, sparse, no conversion', async () => {
+    const before = conversions.length;
+    const result = await provision(request('mixed.raw', 'streamed.img'));
+    assert.equal(result.cacheHit, false);
+    assert.equal(conversions.length, before, 'qemu-img convert did not run');
+    const written = readFileSync(join(targetDir, 'streamed.img'));
+    assert.equal(written.length, 32 * MiB, 'the file has the target size');
+    assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), 'content equals the image');
+    assert.ok(
+      written.subarray(mixed.length).every((byte) => byte === 0),
+      'zeros past the image',
+    );
+    const allocated = statSync(join(targetDir, 'streamed.img')).blocks * 512;
+    assert.ok(allocated < mixed.length - 6 * MiB, `zero stripes stay holes (${allocated} bytes allocated)`);
+  });
+
+  it('converts a cache hit with qemu-img, to the same content', async () => {
+    const before = conversions.length;
+    const result = await provision(request('mixed.raw', 'from-cache.img'));
+    assert.equal(result.cacheHit, true);
+    assert.equal(conversions.length, before + 1);
+    const written = readFileSync(join(targetDir, 'from-cache.img'));
+    assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed));
+  });
+
+  it('refuses a "raw" image with a qcow2 header (FormatMismatch) and leaves no target file', async () => {
+    const error = await provision(request('disguised.raw', 'disguised.img')).catch(
+      (caught: unknown) => caught,
+    );
+    assert.ok(error instanceof PipelineError, String(error));
+    assert.equal(error.reason, 'FormatMismatch');
+    assert.equal(error.terminal, true);
+    assert.deepEqual(filesFor('disguised'), []);
+  });
+
+  it('leaves no target file when the checksum does not match', async () => {
+    const wrong = `sha256:${sha256(Buffer.from('something else'))}`;
+    const error = await provision(request('shared.raw', 'mismatch.img', { checksum: wrong })).catch(
+      (caught: unknown) => caught,
+    );
+    assert.ok(error instanceof PipelineError, String(error));
+    assert.equal(error.reason, 'ChecksumMismatch');
+    assert.deepEqual(filesFor('mismatch'), []);
+  });
+
+  it('gives two jobs for one new image one download: one writes while downloading, the other converts', async () => {
+    const before = conversions.length;
+    const [first, second] = await Promise.all([
+      provision(request('shared.raw', 'twin-a.img')),
+      provision(request('shared.raw', 'twin-b.img')),
+    ]);
+    assert.equal(first.cacheHit || second.cacheHit, false);
+    assert.equal(conversions.length, before + 1, 'only the job that joined the download converts');
+    for (const name of ['twin-a.img', 'twin-b.img']) {
+      const written = readFileSync(join(targetDir, name));
+      assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), name);
+    }
+  });
+});
