@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { runInUml } from '../rig/uml.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { errorOf, type LvRow, type Outcome, scenarioOf, successValue } from '../support/uml-scenarios.ts';
 
 const MiB = 1024 * 1024;
 const VG = 'lvptest';
@@ -14,17 +15,6 @@ const OWNER = '3f0b9c1e-5a7d-4e2b-9c8f-1a2b3c4d5e6f';
 const OTHER_OWNER = '9a8b7c6d-0000-4111-8222-333344445555';
 const TAG = `lvp.dev/uid=${OWNER}`;
 
-interface Outcome {
-  value?: unknown;
-  error?: { name: string; reason?: string; terminal?: boolean; message: string };
-}
-interface LvRow {
-  lv_name: string;
-  lv_uuid: string;
-  lv_size: string;
-  lv_tags: string;
-  lv_active: string;
-}
 interface Device {
   exists: boolean;
   blockDevice?: boolean;
@@ -33,28 +23,11 @@ interface Device {
 
 let results: Record<string, Record<string, unknown>> = {};
 
-function scenario(name: string): Record<string, unknown> {
-  const result = results[name];
-  assert.ok(result, `the guest did not get to scenario ${name}; see the rig's init.log`);
-  assert.equal(result.scriptFailed, undefined, `scenario ${name} broke in the guest`);
-  return result;
-}
+const scenario = (name: string) => scenarioOf(results, name);
 const outcomeOf = (result: Record<string, unknown>, key: string) => result[key] as Outcome;
 const volumesOf = (result: Record<string, unknown>, key = 'volumes') => result[key] as LvRow[];
 const deviceOf = (result: Record<string, unknown>, key = 'device') => result[key] as Device;
 const names = (rows: LvRow[]) => rows.map((row) => row.lv_name).sort();
-
-function successValue(outcome: Outcome): unknown {
-  assert.equal(outcome.error, undefined, `unexpected failure: ${outcome.error?.message}`);
-  return outcome.value;
-}
-
-function errorOf(outcome: Outcome, reason: string, terminal: boolean): string {
-  assert.ok(outcome.error, `expected ${reason}, got success: ${JSON.stringify(outcome.value)}`);
-  assert.equal(outcome.error.reason, reason, outcome.error.message);
-  assert.equal(outcome.error.terminal, terminal);
-  return outcome.error.message;
-}
 
 describe('LVM volume manager on real LVM (User-mode Linux)', { timeout: 180_000 }, () => {
   before(async () => {

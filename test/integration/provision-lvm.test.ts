@@ -17,6 +17,7 @@ import { promisify } from 'node:util';
 import type { ProgressReport } from '../../src/pipeline/types.ts';
 import { runInUml } from '../rig/uml.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { errorOf, type LvRow, type Outcome, scenarioOf, successValue } from '../support/uml-scenarios.ts';
 import {
   extentSizeBytes,
   foreignMarker,
@@ -29,17 +30,6 @@ const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const VG = 'lvpprov';
 
-interface Outcome {
-  value?: unknown;
-  error?: { name: string; reason?: string; terminal?: boolean; message: string };
-}
-interface LvRow {
-  lv_name: string;
-  lv_uuid: string;
-  lv_size: string;
-  lv_tags: string;
-  lv_active: string;
-}
 interface ProvisionResult {
   devicePath: string;
   virtualSize: number;
@@ -96,28 +86,11 @@ const images = {
 
 let results: Record<string, Record<string, unknown>> = {};
 
-function scenario(name: string): Record<string, unknown> {
-  const result = results[name];
-  assert.ok(result, `the guest did not get to scenario ${name}; see the rig's init.log and stderr`);
-  assert.equal(result.scriptFailed, undefined, `scenario ${name} broke in the guest`);
-  return result;
-}
+const scenario = (name: string) => scenarioOf(results, name);
 const outcomeOf = (result: Record<string, unknown>, key = 'result') => result[key] as Outcome;
 const volumesOf = (result: Record<string, unknown>, key = 'volumes') => result[key] as LvRow[];
 const volume = (rows: LvRow[], name: string) => rows.find((row) => row.lv_name === name);
 const names = (rows: LvRow[]) => rows.map((row) => row.lv_name).sort();
-
-function successValue(outcome: Outcome): unknown {
-  assert.equal(outcome.error, undefined, `unexpected failure: ${outcome.error?.message}`);
-  return outcome.value;
-}
-
-function errorOf(outcome: Outcome, reason: string, terminal: boolean): string {
-  assert.ok(outcome.error, `expected ${reason}, got success: ${JSON.stringify(outcome.value)}`);
-  assert.equal(outcome.error.reason, reason, outcome.error.message);
-  assert.equal(outcome.error.terminal, terminal);
-  return outcome.error.message;
-}
 
 const roundUpToExtent = (bytes: number) => Math.ceil(bytes / extentSizeBytes) * extentSizeBytes;
 
