@@ -57,11 +57,7 @@ export class RawTargetMirror implements DownloadMirror {
         if (!verdict.ok) return this.#detach(verdict.message);
       }
       this.#writer ??= await this.#open();
-      // A new file reads as zeros wherever nothing was written, so zero chunks are skipped and
-      // the file stays as sparse as qemu-img makes it. A block device may still hold another
-      // volume's data: every byte of the image is written there.
-      if (this.#options.isBlockDevice) await this.#writer.write(chunks, position);
-      else await this.#writeNonZero(this.#writer, chunks, position);
+      await this.#writer.write(chunks, position);
       this.#covered = position + length;
     } catch (error) {
       this.#detach(`writing into ${this.#options.path} failed: ${(error as Error).message}`);
@@ -93,22 +89,9 @@ export class RawTargetMirror implements DownloadMirror {
       throw new Error('the job stopped');
     }
     this.#file = file;
-    return new BoundedWriter(file, path, { syncIntervalBytes, pageCache });
-  }
-
-  async #writeNonZero(writer: BoundedWriter, chunks: readonly Buffer[], position: number): Promise<void> {
-    let run: Buffer[] = [];
-    let runStart = position;
-    let offset = position;
-    for (const chunk of chunks) {
-      if (isZero(chunk)) {
-        if (run.length > 0) await writer.write(run, runStart);
-        run = [];
-        runStart = offset + chunk.length;
-      } else run.push(chunk);
-      offset += chunk.length;
-    }
-    if (run.length > 0) await writer.write(run, runStart);
+    // A new file stays as sparse as qemu-img makes it (FileTargets sets its size on commit).
+    // A block device may still hold another volume's data: every byte is written there.
+    return new BoundedWriter(file, path, { syncIntervalBytes, pageCache, skipZeroChunks: !isBlockDevice });
   }
 
   #detach(reason: string): void {
@@ -123,14 +106,4 @@ export class RawTargetMirror implements DownloadMirror {
     this.#closed ??= this.#file?.close().catch(() => {}) ?? Promise.resolve();
     return this.#closed;
   }
-}
-
-const ZEROS = Buffer.alloc(64 * 1024);
-
-function isZero(chunk: Buffer): boolean {
-  for (let offset = 0; offset < chunk.length; offset += ZEROS.length) {
-    const end = Math.min(chunk.length, offset + ZEROS.length);
-    if (!chunk.subarray(offset, end).equals(ZEROS.subarray(0, end - offset))) return false;
-  }
-  return true;
 }

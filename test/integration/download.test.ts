@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import {
   createServer as createHttpServer,
   type IncomingMessage,
@@ -169,6 +169,13 @@ describe('download', { timeout: 180_000 }, () => {
   const plain = randomBytes(5 * MiB + 123);
   const sidecarred = randomBytes(3 * MiB + 7);
   const badSidecarred = randomBytes(2 * MiB + 1);
+  /** Data, then 4 MiB of zeros in the middle and 3 MiB at the end, as disk images have. */
+  const zeroed = Buffer.concat([
+    randomBytes(MiB),
+    Buffer.alloc(4 * MiB),
+    randomBytes(MiB),
+    Buffer.alloc(3 * MiB),
+  ]);
 
   before(async () => {
     scratch = makeWorkDir('download');
@@ -176,6 +183,7 @@ describe('download', { timeout: 180_000 }, () => {
     const client = minio.client();
     await client.makeBucket(BUCKET);
     await client.putObject(BUCKET, 'disks/plain.raw', plain, plain.length);
+    await client.putObject(BUCKET, 'disks/zeroed.raw', zeroed, zeroed.length);
     await client.putObject(BUCKET, 'disks/sidecar.raw', sidecarred, sidecarred.length);
     const goodSidecar = `${sha('sha256', sidecarred)}  sidecar.raw\n`;
     await client.putObject(BUCKET, 'disks/sidecar.raw.sha256', goodSidecar);
@@ -208,6 +216,18 @@ describe('download', { timeout: 180_000 }, () => {
       assert.deepEqual(progress.at(-1), { bytesDone: plain.length, bytesTotal: plain.length });
       for (let i = 1; i < progress.length; i++)
         assert.ok((progress[i]?.bytesDone ?? 0) >= (progress[i - 1]?.bytesDone ?? 0), 'progress went back');
+    });
+
+    it('leaves zeros as holes, trailing ones too, in a file of the full size', async () => {
+      const folder = emptyFolder('s3-zeroed');
+      const result = await downloader().download(
+        { url: `s3://${BUCKET}/disks/zeroed.raw`, credentials: credentials() },
+        { destinationPath: join(folder, 'zeroed.raw'), signal: new AbortController().signal },
+      );
+      const file = statSync(result.path);
+      assert.equal(file.size, zeroed.length);
+      assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', zeroed));
+      assert.ok(file.blocks * 512 <= 3 * MiB, `${file.blocks * 512} bytes allocated for 2 MiB of data`);
     });
 
     it('reads http://endpoint/bucket/key as an S3 object when credentials are given', async () => {

@@ -4,22 +4,56 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { PageCache } from './pageCache.ts';
 
+export interface BoundedWriterOptions {
+  syncIntervalBytes: number;
+  pageCache: PageCache;
+  /**
+   * Leave chunks of zeros unwritten. Only for a new file, which reads as zeros wherever
+   * nothing was written (and whose size the caller sets at the end): disk images are mostly
+   * zeros, and a hole costs no I/O. Never for a block device, which may hold old data.
+   */
+  skipZeroChunks: boolean;
+}
+
 export class BoundedWriter {
   readonly #file: FileHandle;
   readonly #path: string;
-  readonly #syncIntervalBytes: number;
-  readonly #pageCache: PageCache;
+  readonly #options: BoundedWriterOptions;
   #unsyncedBytes = 0;
 
-  constructor(file: FileHandle, path: string, options: { syncIntervalBytes: number; pageCache: PageCache }) {
+  constructor(file: FileHandle, path: string, options: BoundedWriterOptions) {
     this.#file = file;
     this.#path = path;
-    this.#syncIntervalBytes = options.syncIntervalBytes;
-    this.#pageCache = options.pageCache;
+    this.#options = options;
   }
 
-  /** Writes `chunks` back to back from `position`: one writev unless the kernel takes fewer bytes. */
+  /** Writes `chunks` back to back from `position`. */
   async write(chunks: readonly Buffer[], position: number): Promise<void> {
+    if (!this.#options.skipZeroChunks) return this.#write(chunks, position);
+    // Runs of non-zero chunks, each written with one writev.
+    let run: Buffer[] = [];
+    let runStart = position;
+    let offset = position;
+    for (const chunk of chunks) {
+      if (isZero(chunk)) {
+        if (run.length > 0) await this.#write(run, runStart);
+        run = [];
+        runStart = offset + chunk.length;
+      } else run.push(chunk);
+      offset += chunk.length;
+    }
+    if (run.length > 0) await this.#write(run, runStart);
+  }
+
+  /** Makes everything written so far durable and drops it from the page cache. */
+  async flush(): Promise<void> {
+    await this.#file.datasync();
+    await this.#options.pageCache.evict(this.#path);
+    this.#unsyncedBytes = 0;
+  }
+
+  /** One writev, unless the kernel takes fewer bytes. */
+  async #write(chunks: readonly Buffer[], position: number): Promise<void> {
     const length = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
     let written = (await this.#file.writev(chunks, position)).bytesWritten;
     if (written < length) {
@@ -29,13 +63,16 @@ export class BoundedWriter {
       }
     }
     this.#unsyncedBytes += length;
-    if (this.#unsyncedBytes >= this.#syncIntervalBytes) await this.flush();
+    if (this.#unsyncedBytes >= this.#options.syncIntervalBytes) await this.flush();
   }
+}
 
-  /** Makes everything written so far durable and drops it from the page cache. */
-  async flush(): Promise<void> {
-    await this.#file.datasync();
-    await this.#pageCache.evict(this.#path);
-    this.#unsyncedBytes = 0;
+const ZEROS = Buffer.alloc(64 * 1024);
+
+function isZero(chunk: Buffer): boolean {
+  for (let offset = 0; offset < chunk.length; offset += ZEROS.length) {
+    const end = Math.min(chunk.length, offset + ZEROS.length);
+    if (!chunk.subarray(offset, end).equals(ZEROS.subarray(0, end - offset))) return false;
   }
+  return true;
 }

@@ -190,6 +190,8 @@ async function download(
     );
     const { sha256 } = transfer.verify();
     await onDisk(folder, async () => {
+      // Trailing zeros were not written; the file still has the object's size.
+      await file.truncate(info.sizeBytes);
       await file.sync();
       await settings.pageCache.evict(tempPath);
       await file.close();
@@ -346,7 +348,8 @@ class Transfer {
     this.#info = info;
     this.#expected = expected;
     this.#file = file;
-    this.#writer = new BoundedWriter(file, path, settings);
+    // The partial file is new: zeros become holes, and download() sets the size at the end.
+    this.#writer = new BoundedWriter(file, path, { ...settings, skipZeroChunks: true });
     this.#mirror = options.mirror;
     this.#path = path;
     this.#settings = settings;
