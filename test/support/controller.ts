@@ -31,26 +31,33 @@ export async function installCrds(cluster: KubeControlPlane): Promise<void> {
 const RBAC_KINDS = new Set(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding']);
 
 /**
- * Grants exactly the RBAC the chart renders (manifests/, the chart with its defaults) and returns
- * a kubeconfig holding a token of the chart's ServiceAccount.
+ * Grants exactly the RBAC the chart renders (by default manifests/, the chart with its
+ * defaults; or `rendered`, a `helm template` output) and returns a kubeconfig holding a token
+ * of the chart's ServiceAccount.
  */
-export async function controllerKubeconfig(cluster: KubeControlPlane): Promise<string> {
-  const rbac = parseObjects(readFileSync(MANIFESTS_FILE, 'utf8')).filter((object) =>
-    RBAC_KINDS.has(object.kind),
+export async function controllerKubeconfig(
+  cluster: KubeControlPlane,
+  rendered = readFileSync(MANIFESTS_FILE, 'utf8'),
+): Promise<string> {
+  const rbac = parseObjects(rendered).filter((object) => RBAC_KINDS.has(object.kind));
+  const account = rbac.find(
+    (object) =>
+      object.kind === 'ServiceAccount' &&
+      object.metadata.name === CONTROLLER_SERVICE_ACCOUNT &&
+      object.metadata.namespace === CONTROLLER_NAMESPACE,
   );
-  const account = rbac.find((object) => object.kind === 'ServiceAccount');
-  if (
-    account?.metadata.name !== CONTROLLER_SERVICE_ACCOUNT ||
-    account.metadata.namespace !== CONTROLLER_NAMESPACE
-  ) {
+  if (!account) {
     throw new Error(
-      `${MANIFESTS_FILE} must hold the ServiceAccount ${CONTROLLER_NAMESPACE}/${CONTROLLER_SERVICE_ACCOUNT}, found ${JSON.stringify(account?.metadata)}`,
+      `the rendered chart must hold the ServiceAccount ${CONTROLLER_NAMESPACE}/${CONTROLLER_SERVICE_ACCOUNT}`,
     );
   }
   const dir = mkdtempSync(join(tmpdir(), 'lvp-rbac-'));
   try {
     const file = join(dir, 'rbac.yaml');
-    writeFileSync(file, rbac.map((object) => yaml.dump(object)).join('---\n'));
+    // `helm template` renders no Namespace (manifests/ adds one): the release's must exist.
+    const namespace = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: CONTROLLER_NAMESPACE } };
+    const objects = rbac.some((object) => object.kind === 'Namespace') ? rbac : [namespace, ...rbac];
+    writeFileSync(file, objects.map((object) => yaml.dump(object)).join('---\n'));
     await cluster.kubectl(['apply', '-f', file]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
