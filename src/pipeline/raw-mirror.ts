@@ -101,9 +101,17 @@ export class RawTargetMirror implements DownloadMirror {
     void this.#close();
   }
 
-  /** FileHandle.close waits for writes in flight, so the target is free once this resolves. */
+  /**
+   * Waits for the writer's background flush, then closes (FileHandle.close waits for writes in
+   * flight), so the target is free, and not created anew, once this resolves.
+   */
   #close(): Promise<void> {
-    this.#closed ??= this.#file?.close().catch(() => {}) ?? Promise.resolve();
+    const file = this.#file;
+    const writer = this.#writer;
+    this.#closed ??= (async () => {
+      await writer?.idle();
+      await file?.close().catch(() => {});
+    })();
     return this.#closed;
   }
 }

@@ -1,6 +1,8 @@
 // Positioned writes into one file or block device that keep its page cache bounded. Page
 // cache is charged to the pod's memory cgroup, so every `syncIntervalBytes` the data is
-// flushed (dirty pages cannot be dropped) and then evicted.
+// flushed (dirty pages cannot be dropped) and then evicted. That flush runs in the background
+// while the next interval is written, so the network is not idle while the disk catches up;
+// a new flush waits for the previous one, so at most two intervals are ever dirty.
 import type { FileHandle } from 'node:fs/promises';
 import type { PageCache } from './pageCache.ts';
 
@@ -20,6 +22,9 @@ export class BoundedWriter {
   readonly #path: string;
   readonly #options: BoundedWriterOptions;
   #unsyncedBytes = 0;
+  /** The background flush; it never rejects, its error waits in #flushFailure. */
+  #flushing: Promise<void> = Promise.resolve();
+  #flushFailure: unknown;
 
   constructor(file: FileHandle, path: string, options: BoundedWriterOptions) {
     this.#file = file;
@@ -47,9 +52,28 @@ export class BoundedWriter {
 
   /** Makes everything written so far durable and drops it from the page cache. */
   async flush(): Promise<void> {
+    await this.#settled();
+    this.#unsyncedBytes = 0;
+    await this.#syncAndEvict();
+  }
+
+  /**
+   * Resolves once no background flush runs, whatever its result. Call it before removing or
+   * closing the file: the eviction (GNU dd) would otherwise create a removed file anew.
+   */
+  idle(): Promise<void> {
+    return this.#flushing;
+  }
+
+  async #syncAndEvict(): Promise<void> {
     await this.#file.datasync();
     await this.#options.pageCache.evict(this.#path);
-    this.#unsyncedBytes = 0;
+  }
+
+  /** Waits for the background flush; throws what it failed with. */
+  async #settled(): Promise<void> {
+    await this.#flushing;
+    if (this.#flushFailure !== undefined) throw this.#flushFailure;
   }
 
   /** One writev, unless the kernel takes fewer bytes. */
@@ -63,7 +87,13 @@ export class BoundedWriter {
       }
     }
     this.#unsyncedBytes += length;
-    if (this.#unsyncedBytes >= this.#options.syncIntervalBytes) await this.flush();
+    if (this.#unsyncedBytes >= this.#options.syncIntervalBytes) {
+      await this.#settled();
+      this.#unsyncedBytes = 0;
+      this.#flushing = this.#syncAndEvict().catch((error: unknown) => {
+        this.#flushFailure = error;
+      });
+    }
   }
 }
 

@@ -178,11 +178,11 @@ async function download(
   const tempPath = join(folder, `${PARTIAL_FILE_PREFIX}${randomBytes(8).toString('hex')}`);
   const file = await onDisk(folder, () => open(tempPath, 'wx', 0o644));
   let closed = false;
+  const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, {
+    ...(onProgress ? { onProgress } : {}),
+    ...(mirror ? { mirror } : {}),
+  });
   try {
-    const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, {
-      ...(onProgress ? { onProgress } : {}),
-      ...(mirror ? { mirror } : {}),
-    });
     await withRetries(
       () => transfer.attempt(signal),
       () => transfer.bytesDone,
@@ -192,8 +192,7 @@ async function download(
     await onDisk(folder, async () => {
       // Trailing zeros were not written; the file still has the object's size.
       await file.truncate(info.sizeBytes);
-      await file.sync();
-      await settings.pageCache.evict(tempPath);
+      await transfer.flush();
       await file.close();
       closed = true;
       await rename(tempPath, destinationPath);
@@ -201,6 +200,7 @@ async function download(
     });
     return { path: destinationPath, sizeBytes: info.sizeBytes, sha256 };
   } catch (error) {
+    await transfer.idle();
     if (!closed) await file.close().catch(() => {});
     await rm(tempPath, { force: true });
     throw error;
@@ -393,6 +393,16 @@ class Transfer {
     }
     if (this.bytesDone < this.#info.sizeBytes)
       throw new Error(`connection closed after ${this.bytesDone} of ${this.#info.sizeBytes} bytes`);
+  }
+
+  /** Makes the partial file durable and drops it from the page cache. */
+  flush(): Promise<void> {
+    return this.#writer.flush();
+  }
+
+  /** Resolves once the partial file may be removed; see BoundedWriter.idle. */
+  idle(): Promise<void> {
+    return this.#writer.idle();
   }
 
   /** Checks the byte count, then the checksum; returns the content's sha256. */
