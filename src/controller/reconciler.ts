@@ -228,6 +228,7 @@ export class Reconciler {
       };
       const result = await pipeline.provision(request, {
         signal,
+        logger,
         onProgress: (report) => {
           if (signal.aborted) return;
           const changed = report.stage !== status.stage;

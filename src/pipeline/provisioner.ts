@@ -63,7 +63,6 @@ export interface ProvisionerDeps {
   metrics?: PipelineMetrics;
   /** How a raw image's target is written while it downloads; by default like a download. */
   mirror?: { syncIntervalBytes: number; pageCache: PageCache };
-  logger?: Logger;
 }
 
 /** Failures of the node's cache folder itself, as opposed to the source or the transfer. */
@@ -127,7 +126,8 @@ export class Provisioner implements Pipeline, CacheControl {
               syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES,
               pageCache: ddPageCache(),
             }),
-            onDetach: (reason) => this.#deps.logger?.info({ reason }, 'converting from the cache instead'),
+            onDetach: (reason) =>
+              options.logger?.info({ reason }, 'stopped writing the raw image while downloading'),
           })
         : undefined;
     const discardEarly = async () => {
@@ -322,7 +322,6 @@ export async function createPipeline(
   return new Provisioner({
     rates,
     metrics,
-    logger,
     downloader,
     cache,
     qemuImg: createQemuImg(),

@@ -1,6 +1,7 @@
 // The one interface through which the controller drives provisioning. The controller owns
 // Kubernetes (objects, Secrets, status); the pipeline owns the node (cache, qemu-img, LVM).
 import type { ImageSource, VolumeProvisionSpec } from '../api/v1alpha1.ts';
+import type { Logger } from '../telemetry/logger.ts';
 
 /** Read from the Secret named by `spec.source.secretRef`. */
 export interface SourceCredentials {
@@ -42,6 +43,8 @@ export interface ProvisionOptions {
   /** Aborted when the object is deleted or the controller shuts down. */
   signal: AbortSignal;
   onProgress(report: ProgressReport): void;
+  /** The job's logger (job_id, correlation_id, image_url), for what the pipeline decides. */
+  logger?: Logger;
 }
 
 export interface Pipeline {
