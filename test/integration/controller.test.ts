@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig, Watch } from '@kubernetes/client-node';
 import type { CachedImage, VolumeProvision } from '../../src/api/v1alpha1.ts';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
@@ -161,28 +161,45 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     const names = ['q0', 'q1', 'q2', 'q3', 'q4'];
     const seen = new Map<string, Set<string>>();
     const positions = new Map<string, Set<number>>();
+    const latest = new Map<string, VolumeProvision>();
     let maxActive = 0;
-    for (const [index, name] of names.entries())
-      await vps.create(spec(name, `${images.url}/slow-${index}.qcow2`));
-    await waitUntil(
-      async () => {
-        const objects = (await vps.list()).filter((object) => names.includes(object.metadata?.name ?? ''));
-        const active = objects.filter((object) => ACTIVE_STAGES.has(object.status?.stage ?? '')).length;
+    let watchError: unknown;
+    // A watch sees every status write, however short a stage lasts; polling could miss one.
+    const watch = await new Watch(cluster.adminConfig()).watch(
+      `/apis/lvp.dev/v1alpha1/namespaces/${NAMESPACE}/volumeprovisions`,
+      {},
+      (_phase: string, object: VolumeProvision) => {
+        const name = object.metadata?.name ?? '';
+        if (!names.includes(name)) return;
+        latest.set(name, object);
+        const active = [...latest.values()].filter((vp) => ACTIVE_STAGES.has(vp.status?.stage ?? '')).length;
         maxActive = Math.max(maxActive, active);
-        for (const object of objects) {
-          const name = object.metadata?.name ?? '';
-          if (object.status?.stage)
-            (seen.get(name) ?? seen.set(name, new Set()).get(name))?.add(object.status.stage);
-          if (object.status?.queuePosition) {
-            (positions.get(name) ?? positions.set(name, new Set()).get(name))?.add(
-              object.status.queuePosition,
-            );
-          }
+        if (object.status?.stage)
+          (seen.get(name) ?? seen.set(name, new Set()).get(name))?.add(object.status.stage);
+        if (object.status?.queuePosition) {
+          (positions.get(name) ?? positions.set(name, new Set()).get(name))?.add(object.status.queuePosition);
         }
-        return objects.length === names.length && objects.every(isReady);
       },
-      { what: '5 objects Ready', timeoutMs: 120_000, intervalMs: 50 },
+      (error: unknown) => {
+        watchError = error ?? new Error('the watch ended');
+      },
     );
+    try {
+      for (const [index, name] of names.entries())
+        await vps.create(spec(name, `${images.url}/slow-${index}.qcow2`));
+      await waitUntil(
+        async () => {
+          if (watchError) throw watchError;
+          return names.every((name) => {
+            const object = latest.get(name);
+            return object !== undefined && isReady(object);
+          });
+        },
+        { what: '5 objects Ready', timeoutMs: 120_000 },
+      );
+    } finally {
+      watch.abort();
+    }
     images.setRate(Number.POSITIVE_INFINITY);
     assert.ok(maxActive <= 2, `never more than 2 running (saw ${maxActive})`);
     assert.equal(maxActive, 2, 'both slots were used');
