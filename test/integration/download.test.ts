@@ -355,6 +355,42 @@ describe('download', { timeout: 180_000 }, () => {
       }
     });
 
+    it('resumes from its offset when MinIO itself dies mid-download and comes back', async () => {
+      const big = randomBytes(64 * MiB);
+      await minio.client().putObject(BUCKET, 'disks/big.raw', big, big.length);
+      const folder = emptyFolder('s3-minio-restart');
+      const progress: number[] = [];
+      let restarted: Promise<void> | undefined;
+      const result = await createDownloader({
+        ...testConfig,
+        // Long enough for MinIO to start again.
+        retry: { maxRetries: 10, baseMs: 200, maxMs: 2_000 },
+        s3Endpoint: { url: minio.endpoint },
+      }).download(
+        { url: `s3://${BUCKET}/disks/big.raw`, credentials: credentials() },
+        {
+          destinationPath: join(folder, 'big.raw'),
+          signal: new AbortController().signal,
+          onProgress: ({ bytesDone }) => {
+            progress.push(bytesDone);
+            if (bytesDone >= 8 * MiB && !restarted) {
+              minio.crash();
+              restarted = minio.restart();
+            }
+          },
+        },
+      );
+      await restarted;
+      assert.ok(restarted, 'MinIO was killed during the download');
+      const crashedAt = progress.find((bytes) => bytes >= 8 * MiB) ?? 0;
+      assert.ok(crashedAt < big.length, `killed at ${crashedAt} of ${big.length} bytes`);
+      for (let i = 1; i < progress.length; i++)
+        assert.ok((progress[i] ?? 0) >= (progress[i - 1] ?? 0), 'resumed from its offset, not from 0');
+      assert.equal(result.sha256, sha('sha256', big));
+      assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', big));
+      assert.deepEqual(readdirSync(folder), ['big.raw']);
+    });
+
     it('cuts a stalled S3 transfer after the stall timeout and resumes it', async () => {
       const proxy = await startFaultyProxy(minio, 'stall', 2 * MiB);
       try {
