@@ -471,6 +471,34 @@ describe('download', { timeout: 180_000 }, () => {
       }
     });
 
+    it('refuses a source that sends far more bytes than it announced (SourceChanged), leaving no file', async () => {
+      // The size check answers 1 MiB; the body then streams 16 MiB without a length.
+      const server = await startHttpServer((req, res) => {
+        if (req.headers.range === 'bytes=0-0') {
+          res.writeHead(206, { 'content-range': `bytes 0-0/${MiB}`, 'content-length': 1 });
+          res.end(content.subarray(0, 1));
+          return;
+        }
+        res.writeHead(200, { 'transfer-encoding': 'chunked' });
+        for (let sent = 0; sent < 16 * MiB; sent += content.length) res.write(content);
+        res.end();
+      });
+      try {
+        const folder = emptyFolder('http-oversized');
+        const error = await rejectsWith(
+          createDownloader(testConfig).download(
+            { url: server.url },
+            { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+          ),
+          'SourceChanged',
+        );
+        assert.match(error.message, /sent more than the 1048576 bytes it announced/);
+        assert.deepEqual(readdirSync(folder), []);
+      } finally {
+        await server.close();
+      }
+    });
+
     it('starts over from byte 0 when the server ignores the Range header', async () => {
       const server = await startHttpServer((_req, res, requestNumber) => {
         res.writeHead(200, { 'content-length': content.length });

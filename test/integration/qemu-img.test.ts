@@ -11,6 +11,7 @@ import {
   readFileSync,
   readSync,
   rmSync,
+  statSync,
   truncateSync,
   writeSync,
 } from 'node:fs';
@@ -280,6 +281,15 @@ describe('qemu-img conversion and inspection (real qemu-img)', { timeout: 120_00
       assert.equal(error.reason, 'CorruptImage');
       assert.equal(error.terminal, true);
       assert.match(error.message, /qemu-img check found \d+ corruption\(s\).*not cluster aligned/);
+    });
+
+    it('rejects a truncated qcow2 image (the second half of the file lost)', async () => {
+      const image = join(dir, 'truncated.qcow2');
+      await toQcow2(sourceRaw, image);
+      truncateSync(image, Math.floor(statSync(image).size / 2));
+      const error = await rejectionOf(inspectImage(qemuImg, image, 'qcow2', size));
+      assert.equal(error.reason, 'CorruptImage');
+      assert.equal(error.terminal, true);
     });
 
     it('rejects a qcow2 image whose header qemu-img cannot open', async () => {
