@@ -2,8 +2,8 @@
 // against real LVM with device-mapper inside User-mode Linux. One guest boot runs every scenario
 // (fixtures/provision-lvm/provision-scenarios.ts) and records what happened; each test below
 // judges one scenario. Real in the guest: ImageCache, qemu-img (-t none -T none into the LV),
-// LvmTargets/LvmVolumeManager/LvmCommand, virsh (libvirt's test driver). Only the download is a
-// local-file fake, because the guest has no network (downloads are proven in download.test.ts).
+// LvmTargets/LvmVolumeManager/LvmCommand, virsh (libvirt's test driver), and the Downloader,
+// which fetches each image from the host's real MinIO over the guest's slirp network.
 //
 // The cache sits on an ext4 scratch disk outside the VG: qemu-img reads it with O_DIRECT
 // (-T none), which neither hostfs (the guest's root) nor tmpfs supports.
@@ -12,9 +12,10 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { ProgressReport } from '../../src/pipeline/types.ts';
+import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { runInUml } from '../rig/uml.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { errorOf, type LvRow, type Outcome, scenarioOf, successValue } from '../support/uml-scenarios.ts';
@@ -85,6 +86,7 @@ const images = {
 };
 
 let results: Record<string, Record<string, unknown>> = {};
+let minio: MinioServer | undefined;
 
 const scenario = (name: string) => scenarioOf(results, name);
 const outcomeOf = (result: Record<string, unknown>, key = 'result') => result[key] as Outcome;
@@ -116,10 +118,22 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     const largePath = join(workDir, 'large.raw');
     images.large.sha256 = writeRandomImage(largePath, images.large.sizeBytes);
 
+    minio = await startMinio(join(workDir, 'minio'));
+    const client = minio.client();
+    await client.makeBucket('images');
+    const objects = { 'image.qcow2': qcow2Path, 'image.raw': rawPath, 'large.raw': largePath };
+    for (const [key, path] of Object.entries(objects)) await client.fPutObject('images', key, path);
+
     const guest = await runInUml({
       workDir,
       script: 'test/integration/fixtures/provision-lvm/provision-scenarios.ts',
-      args: [qcow2Path, rawPath, largePath],
+      args: Object.keys(objects).map((key) => `s3://images/${key}`),
+      network: true,
+      env: {
+        LVP_TEST_S3_PORT: String(minio.port),
+        LVP_TEST_S3_ACCESS_KEY: minio.accessKey,
+        LVP_TEST_S3_SECRET_KEY: minio.secretKey,
+      },
       // 448 MiB of VG for 44 + 24 + 8 + 256 MiB of LVs; the cache (≈ 300 MiB) on its own disk.
       disksMiB: [448],
       scratchDisksMiB: [512],
@@ -130,6 +144,7 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     results = JSON.parse(readFileSync(join(guest.outDir, 'scenarios.json'), 'utf8'));
     assert.equal(guest.exitCode, 0, `guest script failed:\n${guest.stderr}`);
   });
+  after(() => minio?.stop());
 
   it('provisions a qcow2 image into a tagged, extent-rounded LV byte for byte, with rising progress', () => {
     const result = scenario('provision-qcow2');
@@ -145,6 +160,7 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.equal(row?.lv_active, 'active');
     assert.deepEqual(result.device, { exists: true, blockDevice: true });
     assert.equal(result.sha256, images.qcow2.sha256);
+    assert.equal(result.downloads, 1, 'fetched from MinIO once');
 
     const progress = result.progress as ProgressReport[];
     const stages = [...new Set(progress.map((report) => report.stage))];
@@ -163,7 +179,7 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.equal(progress.at(-1)?.overallPercent, 100);
   });
 
-  it('reuses its own LV after a crash and writes the whole image again', () => {
+  it('reuses its own LV after a crash and writes the whole image again, from the cache', () => {
     const first = scenario('provision-qcow2');
     const result = scenario('reprovision-after-crash');
     // The scene: the LV held garbage, as after a crash in the middle of the conversion.
@@ -173,6 +189,9 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
       virtualSize: images.qcow2.sizeBytes,
       cacheHit: true,
     });
+    assert.equal(result.downloads, 0, 'a cache hit downloads nothing');
+    const stages = new Set((result.progress as ProgressReport[]).map((report) => report.stage));
+    assert.equal(stages.has('Downloading'), false, [...stages].join(', '));
     // The same LV (same UUID), not a second one.
     assert.deepEqual(volumesOf(result), volumesOf(first));
     assert.equal(result.sha256, images.qcow2.sha256);
@@ -188,6 +207,7 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.equal(row?.lv_tags, `lvp.dev/uid=${uids.raw}`);
     assert.equal(row?.lv_size, String(24 * MiB));
     assert.equal(result.sha256, images.raw.sha256);
+    assert.equal(result.downloads, 1, 'fetched from MinIO once');
   });
 
   it('refuses a same-named LV it did not create (VolumeConflict) and leaves it untouched', () => {
@@ -257,6 +277,7 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
       virtualSize: images.large.sizeBytes,
       cacheHit: true,
     });
+    assert.equal(result.downloads, 0, 'a cache hit downloads nothing');
     assert.deepEqual(
       volume(volumesOf(result), volumeNames.cancelled),
       volume(volumesOf(cancelled), volumeNames.cancelled),

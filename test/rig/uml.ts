@@ -22,6 +22,12 @@ export interface UmlRunOptions {
    */
   scratchDisksMiB?: readonly number[];
   volumeGroup?: string;
+  /**
+   * Gives the guest a network through slirp (user-mode NAT, no privileges): 10.0.2.2 in the
+   * guest is the host's 127.0.0.1, so a script reaches the rig's servers there, e.g. MinIO.
+   * $LVP_UML_HOST holds that address.
+   */
+  network?: boolean;
   env?: Readonly<Record<string, string>>;
   memoryMiB?: number;
   timeoutMs?: number;
@@ -35,6 +41,9 @@ export interface UmlResult {
   /** Host path of the folder the script saw as $LVP_UML_OUT. */
   outDir: string;
 }
+
+/** slirp's alias for the host: connections to it reach the host's loopback. */
+const SLIRP_HOST_ADDRESS = '10.0.2.2';
 
 const shellQuote = (value: string): string => `'${value.replaceAll("'", `'\\''`)}'`;
 
@@ -54,6 +63,7 @@ function initScript(options: UmlSettings, outDir: string): string {
     ...options.env,
     LVP_UML_OUT: '/mnt',
     LVP_UML_VG: options.volumeGroup,
+    ...(options.network ? { LVP_UML_HOST: SLIRP_HOST_ADDRESS } : {}),
     ...(scratch.length > 0 ? { LVP_UML_SCRATCH: scratch.map(({ mountPoint }) => mountPoint).join(' ') } : {}),
   };
   const command = [node, resolve(projectRoot, options.script), ...(options.args ?? [])]
@@ -77,6 +87,12 @@ activation { udev_sync = 0 udev_rules = 0 }
 global { locking_dir = "/run/lock/lvm" }
 CONF
 export LVM_SYSTEM_DIR=/run/lvm-etc DM_DISABLE_UDEV=1 TMPDIR=/run/tmp HOME=/run/tmp
+${
+  options.network
+    ? // slirp speaks SLIP: a point-to-point link without a gateway to name.
+      `busybox ip link set lo up\nbusybox ip link set eth0 up\nbusybox ip addr add 10.0.2.15/24 dev eth0\nbusybox ip route add default dev eth0`
+    : ''
+}
 pvcreate -q ${disks.join(' ')}
 vgcreate -q ${shellQuote(options.volumeGroup)} ${disks.join(' ')}
 ${scratch
@@ -128,6 +144,8 @@ export async function runInUml(options: UmlRunOptions): Promise<UmlResult> {
       'ro',
       `init=${init}`,
       ...disks,
+      // slirp-fullbolt: the build without slirp's bandwidth limit.
+      ...(settings.network ? [`eth0=slirp,,${systemTool('slirp-fullbolt')}`] : []),
       'con=null',
       'con0=null,fd:1',
     ],
