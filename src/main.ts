@@ -88,7 +88,8 @@ async function main(): Promise<void> {
   });
   const jobSlots = () => ({ running: controller.runner.running, slots: controller.runner.slots });
   metrics.observeJobSlots(jobSlots);
-  // Storage readiness is the cache folder today; the state database's open check joins it here.
+  // The state database is already open here (createPipeline exits the process otherwise), so
+  // storage stays ready while the cache folder stays writable.
   const storageReady = writableDir(config.cacheDir);
   const probes = startProbes(
     dependencyProbes(config, storageReady),

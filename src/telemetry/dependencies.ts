@@ -3,8 +3,8 @@
 // the dependency, bounded by a timeout, so the gauge says what a job would find right now.
 import { constants } from 'node:fs';
 import { access } from 'node:fs/promises';
-import { execa } from 'execa';
 import type { Config } from '../config/config.ts';
+import { virshPools } from '../storage/libvirt/virsh.ts';
 import { LvmCommand } from '../storage/lvm/command.ts';
 import type { Dependency } from './metrics.ts';
 
@@ -22,15 +22,6 @@ export function httpAnswers(url: string, timeoutMs = PROBE_TIMEOUT_MS): Probe {
   };
 }
 
-export function commandSucceeds(argv: readonly string[], timeoutMs = PROBE_TIMEOUT_MS): Probe {
-  return async () => {
-    const [file, ...args] = argv;
-    if (!file) return false;
-    const result = await execa(file, args, { reject: false, timeout: timeoutMs, stdin: 'ignore' });
-    return result.exitCode === 0;
-  };
-}
-
 /** The folder exists and this process may write into it. */
 export function writableDir(dir: string): Probe {
   return async () => {
@@ -40,8 +31,8 @@ export function writableDir(dir: string): Probe {
 }
 
 /**
- * The probes for this node's configuration. `minio` only when an S3 endpoint is configured;
- * `storage` is the cache folder today, and should also ask the state database once it exists.
+ * The probes for this node's configuration, each through the same interface the pipeline uses
+ * for that dependency. `minio` only when an S3 endpoint is configured.
  */
 export function dependencyProbes(
   config: Pick<Config, 's3Endpoint' | 'lvmCommandPrefix' | 'libvirtUri' | 'cacheDir'>,
@@ -51,6 +42,7 @@ export function dependencyProbes(
     ...(config.lvmCommandPrefix ? { prefix: config.lvmCommandPrefix.split(' ') } : {}),
     timeoutMs: PROBE_TIMEOUT_MS,
   });
+  const libvirt = virshPools({ uri: config.libvirtUri, timeoutMs: PROBE_TIMEOUT_MS });
   return {
     ...(config.s3Endpoint
       ? { minio: httpAnswers(new URL('/minio/health/live', config.s3Endpoint).toString()) }
@@ -59,7 +51,10 @@ export function dependencyProbes(
       await lvm.run('version', []);
       return true;
     },
-    libvirt: commandSucceeds(['virsh', '--connect', config.libvirtUri, 'uri']),
+    libvirt: async () => {
+      await libvirt.ping();
+      return true;
+    },
     storage,
   };
 }

@@ -26,5 +26,10 @@ describe('libvirt pools through virsh', () => {
       virshPools({ uri }).refresh('default'),
       /could not refresh libvirt pool "default" at .*Failed to connect/s,
     );
+    await assert.rejects(virshPools({ uri }).ping(), /libvirt at .* does not answer: .*Failed to connect/s);
+  });
+
+  it('answers a ping when libvirt is reachable', async () => {
+    await virshPools({ uri: 'test:///default' }).ping();
   });
 });
