@@ -23,15 +23,14 @@ import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { freePort } from '../rig/net.ts';
 import { goTool, projectRoot, toolsDir, versions } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
-import { controllerDirs, controllerKubeconfig, installCrds, startController } from '../support/controller.ts';
 import {
   grafanaExprToPromQL,
   type MetricFamily,
   metricFamiliesInExposition,
   metricNamesInPromQL,
   seriesNames,
-} from '../unit/chart/promql.ts';
-import { checkExpressions, checkRules, testRules } from '../unit/chart/promtool.ts';
+} from '../support/chart/promql.ts';
+import { checkExpressions, checkRules, testRules } from '../support/chart/promtool.ts';
 import {
   CHART_DIR,
   DEFAULT_NAMESPACE,
@@ -42,7 +41,8 @@ import {
   parseObjects,
   renderChart,
   renderManifests,
-} from '../unit/chart/render.ts';
+} from '../support/chart/render.ts';
+import { controllerDirs, controllerKubeconfig, installCrds, startController } from '../support/controller.ts';
 
 const FIXTURES = join(projectRoot, 'test/integration/fixtures/chart');
 /** Series that Prometheus itself adds to every scrape target. */
@@ -336,7 +336,7 @@ describe('Helm chart', { timeout: 600_000 }, () => {
       assert.equal(
         readFileSync(MANIFESTS_FILE, 'utf8'),
         await renderManifests(),
-        'manifests/ drifted from the chart: run `node test/unit/chart/render.ts --write-manifests`',
+        'manifests/ drifted from the chart: run `node test/support/chart/render.ts --write-manifests`',
       );
     });
   });

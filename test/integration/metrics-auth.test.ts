@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { freePort } from '../rig/net.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { parseObjects, renderChart } from '../support/chart/render.ts';
 import {
   CONTROLLER_NAMESPACE,
   CONTROLLER_SERVICE_ACCOUNT,
@@ -18,7 +19,6 @@ import {
   installCrds,
   startController,
 } from '../support/controller.ts';
-import { parseObjects, renderChart } from '../unit/chart/render.ts';
 
 const READER = 'libvirt-volume-provisioner-metrics-reader';
 

@@ -10,7 +10,7 @@ import type { KubeControlPlane } from '../rig/kube.ts';
 import { waitUntil } from '../rig/net.ts';
 import { ManagedProcess } from '../rig/processes.ts';
 import { projectRoot } from '../rig/tools.ts';
-import { MANIFESTS_FILE, parseObjects } from '../unit/chart/render.ts';
+import { MANIFESTS_FILE, parseObjects } from './chart/render.ts';
 
 export const CONTROLLER_NAMESPACE = 'lvp-system';
 export const CONTROLLER_SERVICE_ACCOUNT = 'libvirt-volume-provisioner';

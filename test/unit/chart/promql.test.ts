@@ -5,7 +5,7 @@ import {
   metricFamiliesInExposition,
   metricNamesInPromQL,
   seriesNames,
-} from './promql.ts';
+} from '../../support/chart/promql.ts';
 
 describe('metricNamesInPromQL', () => {
   it('finds a bare metric and one with matchers and a range', () => {

@@ -1,6 +1,6 @@
 // Renders the Helm chart with the rig's helm, and generates manifests/ from it. Run as a script
 // to regenerate manifests/ after changing the chart:
-//   node test/unit/chart/render.ts --write-manifests
+//   node test/support/chart/render.ts --write-manifests
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -80,7 +80,7 @@ export async function renderManifests(): Promise<string> {
   ].join('\n');
   return [
     '# Generated from charts/libvirt-volume-provisioner with its default values; do not edit.',
-    '# Regenerate: node test/unit/chart/render.ts --write-manifests',
+    '# Regenerate: node test/support/chart/render.ts --write-manifests',
     '# Install: kubectl apply -f crds/ && kubectl apply -f manifests/',
     '---',
     namespace,
