@@ -8,15 +8,12 @@ import { Controller } from './controller/controller.ts';
 import { customObjectApi, eventRecorder, secretReader, volumeProvisionApi } from './k8s/api.ts';
 import { errorMessage } from './k8s/errors.ts';
 import { createPipeline } from './pipeline/provisioner.ts';
-import {
-  type BearerCheck,
-  kubernetesReviewApi,
-  kubernetesTokenCheck,
-  staticTokenCheck,
-} from './server/auth.ts';
+import { type BearerCheck, kubernetesReviewApi, kubernetesTokenCheck } from './server/auth.ts';
+import { readTlsFiles, reloadingTokenCheck, reloadServerTls } from './server/credentials.ts';
+import type { FileReloader } from './server/file-reloader.ts';
 import { startServer } from './server/server.ts';
 import { dependencyProbes, startProbes, writableDir } from './telemetry/dependencies.ts';
-import { createLogger } from './telemetry/logger.ts';
+import { createLogger, type Logger } from './telemetry/logger.ts';
 import { ProvisionerMetrics } from './telemetry/metrics.ts';
 import { startTracing } from './telemetry/tracing.ts';
 
@@ -28,12 +25,16 @@ function version(): string {
   return `v${pkg.version}`;
 }
 
-function metricsAuth(config: Config, kubeConfig: KubeConfig): BearerCheck | undefined {
+function metricsAuth(
+  config: Config,
+  kubeConfig: KubeConfig,
+  logger: Logger,
+): { check?: BearerCheck; reloader?: FileReloader } {
   if (config.metricsAuth === 'token' && config.metricsTokenFile)
-    return staticTokenCheck(readFileSync(config.metricsTokenFile, 'utf8'));
+    return reloadingTokenCheck(config.metricsTokenFile, logger);
   if (config.metricsAuth === 'kubernetes')
-    return kubernetesTokenCheck(kubernetesReviewApi(kubeConfig), { path: '/metrics' });
-  return undefined;
+    return { check: kubernetesTokenCheck(kubernetesReviewApi(kubeConfig), { path: '/metrics' }) };
+  return {};
 }
 
 async function main(): Promise<void> {
@@ -96,15 +97,16 @@ async function main(): Promise<void> {
     (dependency, up) => metrics.dependencyUp(dependency, up),
     config.dependencyProbeIntervalSeconds * 1000,
   );
-  const tls =
+  const tlsPaths =
     config.tlsCertFile && config.tlsKeyFile
       ? {
-          cert: readFileSync(config.tlsCertFile),
-          key: readFileSync(config.tlsKeyFile),
-          ...(config.tlsClientCaFile ? { clientCa: readFileSync(config.tlsClientCaFile) } : {}),
+          cert: config.tlsCertFile,
+          key: config.tlsKeyFile,
+          ...(config.tlsClientCaFile ? { clientCa: config.tlsClientCaFile } : {}),
         }
       : undefined;
-  const auth = metricsAuth(config, kubeConfig);
+  const tls = tlsPaths ? readTlsFiles(tlsPaths) : undefined;
+  const auth = metricsAuth(config, kubeConfig, logger);
   const server = await startServer(
     {
       version: serviceVersion,
@@ -112,11 +114,15 @@ async function main(): Promise<void> {
       metrics,
       jobSlots,
       readiness: { informer: () => controller.hasSynced, storage: storageReady },
-      ...(auth ? { metricsAuth: auth } : {}),
+      ...(auth.check ? { metricsAuth: auth.check } : {}),
       logger,
     },
     { port: config.serverPort, address: config.serverAddress, ...(tls ? { tls } : {}) },
   );
+  const reloaders = [
+    ...(auth.reloader ? [auth.reloader] : []),
+    ...(tlsPaths && tls ? [reloadServerTls(server, tlsPaths, tls, logger)] : []),
+  ];
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
@@ -124,6 +130,7 @@ async function main(): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'shutting down');
     probes.stop();
+    for (const reloader of reloaders) reloader.stop();
     void controller
       .stop(config.shutdownTimeoutSeconds * 1000)
       .then(() => Promise.all([server.close(), tracing?.shutdown()]))

@@ -2,8 +2,9 @@
 // readiness (/readyz) and Prometheus metrics (/metrics), optionally over TLS with client
 // certificates (mTLS) and a bearer-token check on /metrics, as the seed's ServiceMonitor scrapes.
 import { createServer as createHttpServer, type Server } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import express, { type Express, type Request, type Response } from 'express';
 import type { Logger } from '../telemetry/logger.ts';
@@ -27,17 +28,33 @@ export interface ServerOptions {
   now?: () => number;
 }
 
+/** PEM; with `clientCa`, clients must present a certificate signed by it. */
+export interface TlsFiles {
+  cert: string | Buffer;
+  key: string | Buffer;
+  clientCa?: string | Buffer;
+}
+
 export interface ListenOptions {
   port: number;
   address: string;
-  /** PEM; with `clientCa`, clients must present a certificate signed by it. */
-  tls?: { cert: string | Buffer; key: string | Buffer; clientCa?: string | Buffer };
+  tls?: TlsFiles;
 }
 
 export interface RunningServer {
   /** The bound port (useful with port 0). */
   port: number;
+  /**
+   * Serves new connections with new certificates (a renewal); open connections keep theirs.
+   * Throws, keeping the old ones, when the new ones do not fit together (a key that is not the
+   * certificate's) or the server was started without TLS.
+   */
+  setTls(tls: TlsFiles): void;
   close(): Promise<void>;
+}
+
+function secureContextOptions(tls: TlsFiles): SecureContextOptions {
+  return { cert: tls.cert, key: tls.key, ...(tls.clientCa ? { ca: tls.clientCa } : {}) };
 }
 
 const ENDPOINTS = new Set(['/health', '/healthz', '/livez', '/readyz', '/metrics']);
@@ -146,12 +163,11 @@ export function createApp(options: ServerOptions): Express {
 export async function startServer(options: ServerOptions, listen: ListenOptions): Promise<RunningServer> {
   const app = createApp(options);
   const tls = listen.tls;
-  const server: Server = tls
+  const server: Server | HttpsServer = tls
     ? createHttpsServer(
         {
-          cert: tls.cert,
-          key: tls.key,
-          ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+          ...secureContextOptions(tls),
+          ...(tls.clientCa ? { requestCert: true, rejectUnauthorized: true } : {}),
         },
         app,
       )
@@ -166,6 +182,15 @@ export async function startServer(options: ServerOptions, listen: ListenOptions)
   const { port } = server.address() as AddressInfo;
   return {
     port,
+    setTls(next) {
+      if (!('setSecureContext' in server)) throw new Error('the server was started without TLS');
+      // A client CA cannot appear or vanish here: requestCert is fixed when the server starts.
+      if (Boolean(next.clientCa) !== Boolean(tls?.clientCa))
+        throw new Error('a client CA can only be added or removed by a restart');
+      const options = secureContextOptions(next);
+      createSecureContext(options); // throws on a mismatched pair before anything changes
+      server.setSecureContext(options);
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
