@@ -1,7 +1,8 @@
 // Turns stage-local progress into the object's overall percent and ETA. A cache miss splits
 // 0–100 % between download and conversion in proportion to their expected durations (from
-// the measured stage rates); a cache hit gives conversion the whole range. Percentages only
-// rise, so progress never goes backwards when a stage restarts.
+// the measured stage rates); a cache hit gives conversion the whole range, and a raw image
+// written into the target while it downloads gives nearly all of it to the download.
+// Percentages only rise, so progress never goes backwards when a stage restarts.
 import type { Clock } from '../util/clock.ts';
 import type { PipelineStage, ProgressReport } from './types.ts';
 
@@ -13,6 +14,13 @@ export interface StageRates {
 
 export const DEFAULT_STAGE_RATES: StageRates = { download: 100e6, convert: 200e6 };
 
+/**
+ * The download's share when it writes the target as it goes: the download is the whole job.
+ * The rest stays for a conversion, should the writing stop early and qemu-img take over, so
+ * progress still rises through it instead of standing at 100 %.
+ */
+export const WRITTEN_WHILE_DOWNLOADING_SHARE = 0.95;
+
 export class ProgressTracker {
   readonly #clock: Clock;
   readonly #downloadShare: number;
@@ -22,13 +30,21 @@ export class ProgressTracker {
   #stagePercent = 0;
   #stageStartedAt: number;
 
-  constructor(options: { clock: Clock; cacheHit: boolean; rates: StageRates }) {
+  constructor(options: {
+    clock: Clock;
+    cacheHit: boolean;
+    rates: StageRates;
+    /** The image is written into the target while it downloads (raw-mirror.ts). */
+    writtenWhileDownloading?: boolean;
+  }) {
     this.#clock = options.clock;
     this.#cacheHit = options.cacheHit;
     // For the same bytes, the expected time of each stage is inversely proportional to its rate.
     const downloadTime = 1 / options.rates.download;
     const convertTime = 1 / options.rates.convert;
-    this.#downloadShare = options.cacheHit ? 0 : downloadTime / (downloadTime + convertTime);
+    if (options.cacheHit) this.#downloadShare = 0;
+    else if (options.writtenWhileDownloading) this.#downloadShare = WRITTEN_WHILE_DOWNLOADING_SHARE;
+    else this.#downloadShare = downloadTime / (downloadTime + convertTime);
     this.#stageStartedAt = options.clock.now();
   }
 

@@ -145,7 +145,20 @@ export class Provisioner implements Pipeline, CacheControl {
           if (seconds > 0) metrics.stageThroughput('download', done / seconds);
           onProgress(tracker.report('Downloading', done, total));
         },
-        ...(mirror ? { mirror } : {}),
+        ...(mirror
+          ? {
+              mirror,
+              // This job's own download writes the target: it is the whole job, not a third.
+              onOwnDownload: () => {
+                tracker = new ProgressTracker({
+                  clock,
+                  cacheHit: false,
+                  rates,
+                  writtenWhileDownloading: true,
+                });
+              },
+            }
+          : {}),
       });
       mirrored = (await mirror?.finish()) ?? false;
     } catch (error) {

@@ -8,9 +8,10 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ImageFormat } from '../../src/api/v1alpha1.ts';
+import { WRITTEN_WHILE_DOWNLOADING_SHARE } from '../../src/pipeline/progress.ts';
 import { Provisioner } from '../../src/pipeline/provisioner.ts';
 import { FileTargets, type TargetBackend } from '../../src/pipeline/targets.ts';
-import { PipelineError, type ProvisionRequest } from '../../src/pipeline/types.ts';
+import { PipelineError, type ProgressReport, type ProvisionRequest } from '../../src/pipeline/types.ts';
 import { ImageCache } from '../../src/storage/cache/image-cache.ts';
 import { createDownloader } from '../../src/storage/download/index.ts';
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
@@ -119,15 +120,27 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
       },
       credentials: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
     }) satisfies ProvisionRequest;
-  const provision = (req: ProvisionRequest) =>
-    provisioner.provision(req, { signal: new AbortController().signal, onProgress: () => {} });
+  const provision = (req: ProvisionRequest, progress: ProgressReport[] = []) =>
+    provisioner.provision(req, {
+      signal: new AbortController().signal,
+      onProgress: (report) => progress.push(report),
+    });
+  const stagesOf = (progress: ProgressReport[]) => [...new Set(progress.map((report) => report.stage))];
+  /** The overall percent the Downloading stage reached. */
+  const downloadedTo = (progress: ProgressReport[]) =>
+    Math.max(...progress.filter((report) => report.stage === 'Downloading').map((r) => r.overallPercent));
   const filesFor = (volumeName: string) => readdirSync(targetDir).filter((name) => name.includes(volumeName));
 
   it('writes a raw cache miss into the target during the download: byte for byte, sparse, no conversion', async () => {
     const before = conversions.length;
-    const result = await provision(request('mixed.raw', 'streamed.img'));
+    const progress: ProgressReport[] = [];
+    const result = await provision(request('mixed.raw', 'streamed.img'), progress);
     assert.equal(result.cacheHit, false);
     assert.equal(conversions.length, before, 'qemu-img convert did not run');
+    // The download is the whole job here, so it carries the progress nearly to the end.
+    assert.deepEqual(stagesOf(progress), ['Initializing', 'Downloading', 'Finalizing']);
+    assert.equal(downloadedTo(progress), WRITTEN_WHILE_DOWNLOADING_SHARE * 100);
+    assert.equal(progress.at(-1)?.overallPercent, 100);
     const written = readFileSync(join(targetDir, 'streamed.img'));
     assert.equal(written.length, 32 * MiB, 'the file has the target size');
     assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), 'content equals the image');
@@ -170,12 +183,20 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
 
   it('gives two jobs for one new image one download: one writes while downloading, the other converts', async () => {
     const before = conversions.length;
+    const progress: [ProgressReport[], ProgressReport[]] = [[], []];
     const [first, second] = await Promise.all([
-      provision(request('shared.raw', 'twin-a.img')),
-      provision(request('shared.raw', 'twin-b.img')),
+      provision(request('shared.raw', 'twin-a.img'), progress[0]),
+      provision(request('shared.raw', 'twin-b.img'), progress[1]),
     ]);
     assert.equal(first.cacheHit || second.cacheHit, false);
     assert.equal(conversions.length, before + 1, 'only the job that joined the download converts');
+    // Each job's progress fits its own work: the joiner keeps room for its conversion.
+    const converter = progress.find((reports) => stagesOf(reports).includes('Converting'));
+    const writer = progress.find((reports) => reports !== converter);
+    assert.ok(converter && writer);
+    assert.equal(downloadedTo(writer), WRITTEN_WHILE_DOWNLOADING_SHARE * 100);
+    assert.ok(downloadedTo(converter) < 90, `the joiner's download reached ${downloadedTo(converter)} %`);
+    assert.equal(converter.at(-1)?.overallPercent, 100);
     for (const name of ['twin-a.img', 'twin-b.img']) {
       const written = readFileSync(join(targetDir, name));
       assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), name);

@@ -192,19 +192,28 @@ export class ImageCache {
    * released. `stat` is the source's current size and expected checksum (Downloader.stat).
    * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
    * `mirror` gets the bytes only if this call starts the download (not on a hit, nor when it
-   * joins another job's download).
+   * joins another job's download); `onOwnDownload` says so, before any progress.
    */
   async acquire(
     source: DownloadSource,
     stat: SourceStat,
-    options: { signal: AbortSignal; onProgress?: ProgressListener; mirror?: DownloadMirror },
+    options: {
+      signal: AbortSignal;
+      onProgress?: ProgressListener;
+      mirror?: DownloadMirror;
+      onOwnDownload?: () => void;
+    },
   ): Promise<CacheLease> {
     options.signal.throwIfAborted();
     this.#sweepExpired();
     const cached = this.#lookup(source.url, stat);
     if (cached) return cached;
     const key = downloadKey(source.url, stat);
-    const shared = this.#inflight.get(key) ?? this.#startDownload(key, source, stat, options.mirror);
+    let shared = this.#inflight.get(key);
+    if (!shared) {
+      shared = this.#startDownload(key, source, stat, options.mirror);
+      options.onOwnDownload?.();
+    }
     return this.#join(shared, options.signal, options.onProgress);
   }
 

@@ -361,6 +361,20 @@ describe('ImageCache shared downloads', () => {
     assert.equal(cache.list()[0]?.inUse, false);
   });
 
+  it('tells only the job that starts the download that it is its own', async () => {
+    downloader.put('s3://b/a', randomBytes(1000));
+    await openCache();
+    const stat = await downloader.stat({ url: 's3://b/a' });
+    const own: string[] = [];
+    const acquireAs = (job: string) =>
+      cache.acquire({ url: 's3://b/a' }, stat, { signal: never, onOwnDownload: () => own.push(job) });
+    const leases = await Promise.all([acquireAs('starter'), acquireAs('joiner')]);
+    (await acquireAs('hit')).release();
+    for (const lease of leases) lease.release();
+    assert.deepEqual(own, ['starter']);
+    assert.deepEqual(downloader.downloads, ['s3://b/a']);
+  });
+
   it('keeps downloading for the other job when one of two aborts', async () => {
     const content = randomBytes(1000);
     downloader.put('s3://b/a', content);
