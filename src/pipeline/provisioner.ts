@@ -2,6 +2,7 @@
 // the target → optional libvirt pool refresh. Each external tool sits behind its own small
 // interface in storage/; this file only orders the steps and reports progress.
 import { join } from 'node:path';
+import type { Attributes, Span } from '@opentelemetry/api';
 import { parseQuantity } from '../api/quantity.ts';
 import type { ImageSource } from '../api/v1alpha1.ts';
 import type { Config } from '../config/config.ts';
@@ -30,7 +31,7 @@ import {
   type PipelineMetrics,
   storageErrorType,
 } from '../telemetry/metrics.ts';
-import { inSpan } from '../telemetry/tracing.ts';
+import { inSpan, recordFailure, startSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
 import { RawTargetMirror } from './raw-mirror.ts';
@@ -136,6 +137,7 @@ export class Provisioner implements Pipeline, CacheControl {
     const downloadStart = clock.now();
     let entry: Awaited<ReturnType<ImageCache['acquire']>>;
     let mirrored: boolean;
+    let joinedDownload: Span | undefined;
     try {
       entry = await this.#deps.cache.acquire(source, stat, {
         signal,
@@ -145,23 +147,26 @@ export class Provisioner implements Pipeline, CacheControl {
           if (seconds > 0) metrics.stageThroughput('download', done / seconds);
           onProgress(tracker.report('Downloading', done, total));
         },
-        ...(mirror
-          ? {
-              mirror,
-              // This job's own download writes the target: it is the whole job, not a third.
-              onOwnDownload: () => {
-                tracker = new ProgressTracker({
-                  clock,
-                  cacheHit: false,
-                  rates,
-                  writtenWhileDownloading: true,
-                });
-              },
-            }
-          : {}),
+        ...(mirror ? { mirror } : {}),
+        onDownload: (own) => {
+          // This job's own download writes the target: it is the whole job, not a share.
+          if (own && mirror)
+            tracker = new ProgressTracker({ clock, cacheHit: false, rates, writtenWhileDownloading: true });
+          // An own download has its span (tracedDownloader); waiting for another job's gets one here.
+          if (!own) joinedDownload = startSpan('DownloadImageToPath', downloadAttributes(source, true));
+        },
       });
+      joinedDownload?.setAttributes({
+        'image.destination_path': entry.path,
+        'image.size_bytes': entry.sizeBytes,
+      });
+      joinedDownload?.end();
       mirrored = (await mirror?.finish()) ?? false;
     } catch (error) {
+      if (joinedDownload?.isRecording()) {
+        recordFailure(joinedDownload, error);
+        joinedDownload.end();
+      }
       await mirror?.finish();
       await discardEarly();
       if (!signal.aborted && isStorageFailure(error))
@@ -278,6 +283,10 @@ function volumeAttributes(uid: string, spec: ProvisionRequest['spec'], sizeBytes
   };
 }
 
+function downloadAttributes(source: DownloadSource, shared: boolean): Attributes {
+  return { 'image.url': redactUrlText(source.url), 'image.download_shared': shared };
+}
+
 /** Every real download becomes a DownloadImageToPath span, child of the job waiting for it. */
 export function tracedDownloader(downloader: Downloader): Downloader {
   return {
@@ -285,7 +294,7 @@ export function tracedDownloader(downloader: Downloader): Downloader {
     download: (source: DownloadSource, options) =>
       inSpan(
         'DownloadImageToPath',
-        { 'image.url': redactUrlText(source.url), 'image.destination_path': options.destinationPath },
+        { ...downloadAttributes(source, false), 'image.destination_path': options.destinationPath },
         async (span) => {
           const result = await downloader.download(source, options);
           span.setAttribute('image.size_bytes', result.sizeBytes);

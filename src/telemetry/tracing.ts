@@ -94,6 +94,11 @@ export function inSpan<T>(
   );
 }
 
+/** Starts a child of the active span that the caller ends: for a wait that is not one call. */
+export function startSpan(name: string, attributes: Attributes): Span {
+  return tracer().startSpan(name, { kind: SpanKind.INTERNAL, attributes }, context.active());
+}
+
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 
 /**
@@ -112,10 +117,7 @@ export function contextFromTraceparent(traceparent: string | undefined): Context
   return isSpanContextValid(spanContext) ? trace.setSpanContext(ROOT_CONTEXT, spanContext) : ROOT_CONTEXT;
 }
 
-/**
- * A job's root span: `runJob` for a VolumeProvision, `runCacheJob` for a CachedImage pre-warm
- * (its controller is not built yet; it will call this with name 'runCacheJob').
- */
+/** A job's root span: `runJob` for a VolumeProvision, `runCacheJob` for a CachedImage pre-warm. */
 export function inJobSpan<T>(
   name: 'runJob' | 'runCacheJob',
   attributes: Attributes,

@@ -7,9 +7,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { context, trace } from '@opentelemetry/api';
+import { node, tracing } from '@opentelemetry/sdk-node';
 import type { ImageFormat } from '../../src/api/v1alpha1.ts';
 import { WRITTEN_WHILE_DOWNLOADING_SHARE } from '../../src/pipeline/progress.ts';
-import { Provisioner } from '../../src/pipeline/provisioner.ts';
+import { Provisioner, tracedDownloader } from '../../src/pipeline/provisioner.ts';
 import { FileTargets, type TargetBackend } from '../../src/pipeline/targets.ts';
 import { PipelineError, type ProgressReport, type ProvisionRequest } from '../../src/pipeline/types.ts';
 import { ImageCache } from '../../src/storage/cache/image-cache.ts';
@@ -17,6 +19,7 @@ import { createDownloader } from '../../src/storage/download/index.ts';
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
 import { createQemuImg, type QemuImg } from '../../src/storage/qemu-img/qemu-img.ts';
 import { StateDatabase } from '../../src/storage/state/database.ts';
+import { inJobSpan } from '../../src/telemetry/tracing.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 
@@ -37,6 +40,13 @@ const noLvm: TargetBackend = {
   prepare: () => Promise.reject(new Error('no LVM in this test')),
   release: () => Promise.reject(new Error('no LVM in this test')),
 };
+
+// The jobs' spans, kept in memory: the twin test reads the structure of their traces.
+const spans = new tracing.InMemorySpanExporter();
+const spanProvider = new node.NodeTracerProvider({
+  spanProcessors: [new tracing.SimpleSpanProcessor(spans)],
+});
+spanProvider.register();
 
 describe('raw images written while they download (MinIO, file targets)', { timeout: 180_000 }, () => {
   let workDir: string;
@@ -69,7 +79,7 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     qcow2Bytes = readFileSync(join(workDir, 'disguised.qcow2'));
     await client.putObject(BUCKET, 'disguised.raw', qcow2Bytes, qcow2Bytes.length);
 
-    const downloader = createDownloader({ s3Endpoint: { url: minio.endpoint } });
+    const downloader = tracedDownloader(createDownloader({ s3Endpoint: { url: minio.endpoint } }));
     const cache = new ImageCache({
       dir: join(workDir, 'cache'),
       database: StateDatabase.open(join(workDir, 'state', 'state.db')),
@@ -96,6 +106,9 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
   });
   after(async () => {
     await minio?.stop();
+    await spanProvider.shutdown();
+    trace.disable();
+    context.disable();
   });
 
   let uidCounter = 0;
@@ -184,11 +197,19 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
   it('gives two jobs for one new image one download: one writes while downloading, the other converts', async () => {
     const before = conversions.length;
     const progress: [ProgressReport[], ProgressReport[]] = [[], []];
-    const [first, second] = await Promise.all([
-      provision(request('shared.raw', 'twin-a.img'), progress[0]),
-      provision(request('shared.raw', 'twin-b.img'), progress[1]),
-    ]);
-    assert.equal(first.cacheHit || second.cacheHit, false);
+    spans.reset();
+    const results = await Promise.all(
+      progress.map((reports, index) => {
+        const volumeName = `twin-${index}.img`;
+        return inJobSpan('runJob', { 'volume.name': volumeName }, undefined, () =>
+          provision(request('shared.raw', volumeName), reports),
+        );
+      }),
+    );
+    assert.deepEqual(
+      results.map((result) => result.cacheHit),
+      [false, false],
+    );
     assert.equal(conversions.length, before + 1, 'only the job that joined the download converts');
     // Each job's progress fits its own work: the joiner keeps room for its conversion.
     const converter = progress.find((reports) => stagesOf(reports).includes('Converting'));
@@ -197,7 +218,27 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     assert.equal(downloadedTo(writer), WRITTEN_WHILE_DOWNLOADING_SHARE * 100);
     assert.ok(downloadedTo(converter) < 90, `the joiner's download reached ${downloadedTo(converter)} %`);
     assert.equal(converter.at(-1)?.overallPercent, 100);
-    for (const name of ['twin-a.img', 'twin-b.img']) {
+    // Each job's trace shows the download it waited for: its own, or the one it joined.
+    const finished = spans.getFinishedSpans();
+    const jobs = finished.filter((span) => span.name === 'runJob');
+    const downloads = jobs.map((job) =>
+      finished.filter(
+        (span) =>
+          span.name === 'DownloadImageToPath' && span.parentSpanContext?.spanId === job.spanContext().spanId,
+      ),
+    );
+    assert.deepEqual(
+      downloads
+        .map((spansOfJob) => spansOfJob.map((span) => span.attributes['image.download_shared']))
+        .sort(),
+      [[false], [true]],
+    );
+    for (const [download] of downloads) {
+      assert.equal(download?.attributes['image.url'], `s3://${BUCKET}/shared.raw`);
+      assert.equal(download?.attributes['image.size_bytes'], mixed.length);
+      assert.ok(String(download?.attributes['image.destination_path']).length > 0);
+    }
+    for (const name of ['twin-0.img', 'twin-1.img']) {
       const written = readFileSync(join(targetDir, name));
       assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), name);
     }

@@ -192,7 +192,8 @@ export class ImageCache {
    * released. `stat` is the source's current size and expected checksum (Downloader.stat).
    * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
    * `mirror` gets the bytes only if this call starts the download (not on a hit, nor when it
-   * joins another job's download); `onOwnDownload` says so, before any progress.
+   * joins another job's download). On a miss, `onDownload` says at once, before any progress,
+   * whether the download is this call's own or one it joined.
    */
   async acquire(
     source: DownloadSource,
@@ -201,7 +202,7 @@ export class ImageCache {
       signal: AbortSignal;
       onProgress?: ProgressListener;
       mirror?: DownloadMirror;
-      onOwnDownload?: () => void;
+      onDownload?: (own: boolean) => void;
     },
   ): Promise<CacheLease> {
     options.signal.throwIfAborted();
@@ -209,11 +210,9 @@ export class ImageCache {
     const cached = this.#lookup(source.url, stat);
     if (cached) return cached;
     const key = downloadKey(source.url, stat);
-    let shared = this.#inflight.get(key);
-    if (!shared) {
-      shared = this.#startDownload(key, source, stat, options.mirror);
-      options.onOwnDownload?.();
-    }
+    const inflight = this.#inflight.get(key);
+    const shared = inflight ?? this.#startDownload(key, source, stat, options.mirror);
+    options.onDownload?.(inflight === undefined);
     return this.#join(shared, options.signal, options.onProgress);
   }
 

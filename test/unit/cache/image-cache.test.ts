@@ -361,17 +361,20 @@ describe('ImageCache shared downloads', () => {
     assert.equal(cache.list()[0]?.inUse, false);
   });
 
-  it('tells only the job that starts the download that it is its own', async () => {
+  it('tells each job on a miss whether the download is its own or joined, and a hit nothing', async () => {
     downloader.put('s3://b/a', randomBytes(1000));
     await openCache();
     const stat = await downloader.stat({ url: 's3://b/a' });
-    const own: string[] = [];
+    const told: string[] = [];
     const acquireAs = (job: string) =>
-      cache.acquire({ url: 's3://b/a' }, stat, { signal: never, onOwnDownload: () => own.push(job) });
+      cache.acquire({ url: 's3://b/a' }, stat, {
+        signal: never,
+        onDownload: (own) => told.push(`${job}: ${own ? 'own' : 'joined'}`),
+      });
     const leases = await Promise.all([acquireAs('starter'), acquireAs('joiner')]);
     (await acquireAs('hit')).release();
     for (const lease of leases) lease.release();
-    assert.deepEqual(own, ['starter']);
+    assert.deepEqual(told, ['starter: own', 'joiner: joined']);
     assert.deepEqual(downloader.downloads, ['s3://b/a']);
   });
 
