@@ -7,6 +7,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 step() { printf '\n== %s\n' "$*"; }
 
+export LVP_RIG_DIR=${LVP_RIG_DIR:-${TMPDIR:-/tmp}/lvp-rig}
+export LVP_RIG_PID_DIR="$LVP_RIG_DIR/pids"
+# A second run on the same folder would delete the first one's logs and data, and sweep its
+# processes: refuse it instead, naming the way out. The lock lives as long as this shell.
+mkdir -p "$(dirname "$LVP_RIG_DIR")"
+exec {rig_lock}>"$LVP_RIG_DIR.lock"
+if ! flock -n "$rig_lock"; then
+  echo "FAIL: another test run is using $LVP_RIG_DIR; wait for it, or give this run its own folder with LVP_RIG_DIR=..." >&2
+  exit 1
+fi
+
 step "node dependencies (Node 24 comes from the npm package node@24)"
 source scripts/ensure-node.sh
 
@@ -17,8 +28,6 @@ step "typecheck and lint"
 npm run -s typecheck
 npm run -s lint
 
-export LVP_RIG_DIR=${LVP_RIG_DIR:-${TMPDIR:-/tmp}/lvp-rig}
-export LVP_RIG_PID_DIR="$LVP_RIG_DIR/pids"
 rm -rf "$LVP_RIG_DIR"
 mkdir -p "$LVP_RIG_PID_DIR"
 
