@@ -350,4 +350,33 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
     );
     assert.ok(!spans.some((span) => /watch/i.test(span.name)), 'no span for long watches');
   });
+
+  // Last: its jobs would change the counts the Prometheus test checks.
+  it('reports degraded health exactly while both job slots are busy, and healthy again after', async () => {
+    const healthStatus = async () =>
+      (JSON.parse((await httpsGet(`${base}/health`, client)).body) as { status: string }).status;
+    const healthy = async () => (await healthStatus()) === 'healthy';
+    const downloading = (object: VolumeProvision) => object.status?.stage === 'Downloading';
+    images.setRate(128 * 1024);
+    try {
+      await vps.create({ metadata: { name: 'busy-a' }, spec: spec('busy-a', `${images.url}/slow.qcow2`) });
+      await vps.waitFor('busy-a', 'Downloading', downloading);
+      assert.equal(await healthStatus(), 'healthy', 'one of two slots busy');
+
+      await vps.create({ metadata: { name: 'busy-b' }, spec: spec('busy-b', `${images.url}/slow.qcow2`) });
+      await vps.waitFor('busy-b', 'Downloading', downloading);
+      const busy = await httpsGet(`${base}/health`, client);
+      assert.equal(busy.status, 200, 'degraded is still HTTP 200');
+      assert.equal((JSON.parse(busy.body) as { status: string }).status, 'degraded');
+
+      await vps.delete('busy-b');
+      await vps.waitGone('busy-b');
+      await waitUntil(healthy, { what: 'healthy with one slot free', timeoutMs: 10_000 });
+      await vps.delete('busy-a');
+      await vps.waitGone('busy-a');
+      await waitUntil(healthy, { what: 'healthy with both slots free', timeoutMs: 10_000 });
+    } finally {
+      images.setRate(Number.POSITIVE_INFINITY);
+    }
+  });
 });
