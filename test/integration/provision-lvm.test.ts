@@ -285,6 +285,30 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.equal(result.sha256, images.large.sha256);
   });
 
+  it('ends with the right volume after a controller is killed mid-conversion and restarted', () => {
+    const result = scenario('restart-after-kill-during-conversion');
+    // The scene: the process and its qemu-img died by SIGKILL while converting into the LV.
+    assert.equal(result.killedBy, 'SIGKILL');
+    const killedAt = result.killedAt as ProgressReport;
+    assert.equal(killedAt.stage, 'Converting');
+    assert.ok(killedAt.stagePercent < 100, `killed at ${killedAt.stagePercent} %`);
+    const converting = result.qemuImgWhenKilled as string[][];
+    assert.equal(converting.length, 1, JSON.stringify(converting));
+    assert.equal(converting[0]?.at(-1), `/dev/${VG}/${volumeNames.cancelled}`);
+    assert.deepEqual(result.qemuImgAfterKill, [], 'qemu-img died with its process group');
+
+    assert.deepEqual(successValue(outcomeOf(result)), {
+      devicePath: `/dev/${VG}/${volumeNames.cancelled}`,
+      virtualSize: images.large.sizeBytes,
+      cacheHit: true,
+    });
+    assert.equal(result.sha256, images.large.sha256);
+    // The same LV (same UUID) and no other: nothing orphaned, nothing made twice.
+    assert.deepEqual(volumesOf(result), volumesOf(result, 'volumesBefore'));
+    const leftovers = (result.cacheEntries as string[]).filter((name) => name.startsWith('.partial'));
+    assert.deepEqual(leftovers, [], 'no temporary file in the cache');
+  });
+
   it('releases only its own tagged LV, idempotently, and refuses an LV it did not create', () => {
     const before = volumesOf(scenario('reprovision-after-cancel'));
     const result = scenario('release');
