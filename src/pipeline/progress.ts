@@ -65,7 +65,8 @@ export class ProgressTracker {
       stage,
       stagePercent: round(this.#stagePercent),
       overallPercent: round(this.#overall),
-      bytesProcessed: bytesDone,
+      // qemu-img reports a percent, so a stage's bytes can come as a fraction.
+      bytesProcessed: Math.round(bytesDone),
       bytesTotal,
       cacheHit: this.#cacheHit,
     };

@@ -26,6 +26,7 @@ export interface ProgressReport {
   stage: PipelineStage;
   stagePercent: number;
   overallPercent: number;
+  /** Whole bytes: the CRD's status fields are integers, and the API server refuses 1.5. */
   bytesProcessed: number;
   bytesTotal: number;
   etaSeconds?: number;

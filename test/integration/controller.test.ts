@@ -164,6 +164,8 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     const latest = new Map<string, VolumeProvision>();
     let maxActive = 0;
     let watchError: unknown;
+    // What the watch saw, in order, for the assertion messages: a failure here must explain itself.
+    const timeline: string[] = [];
     // A watch sees every status write, however short a stage lasts; polling could miss one.
     const watch = await new Watch(cluster.adminConfig()).watch(
       `/apis/lvp.dev/v1alpha1/namespaces/${NAMESPACE}/volumeprovisions`,
@@ -172,6 +174,7 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
         const name = object.metadata?.name ?? '';
         if (!names.includes(name)) return;
         latest.set(name, object);
+        timeline.push(`${name}:${object.status?.stage ?? '-'}:${object.status?.queuePosition ?? ''}`);
         const active = [...latest.values()].filter((vp) => ACTIVE_STAGES.has(vp.status?.stage ?? '')).length;
         maxActive = Math.max(maxActive, active);
         if (object.status?.stage)
@@ -201,13 +204,15 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
       watch.abort();
     }
     images.setRate(Number.POSITIVE_INFINITY);
-    assert.ok(maxActive <= 2, `never more than 2 running (saw ${maxActive})`);
-    assert.equal(maxActive, 2, 'both slots were used');
-    for (const name of ['q2', 'q3', 'q4']) assert.ok(seen.get(name)?.has('Queued'), `${name} was Queued`);
-    assert.ok(positions.get('q4')?.has(3), 'the last object waited at position 3');
+    const seenInOrder = `; the watch saw ${timeline.join(' ')}`;
+    assert.ok(maxActive <= 2, `never more than 2 running (saw ${maxActive})${seenInOrder}`);
+    assert.equal(maxActive, 2, `both slots were used${seenInOrder}`);
+    for (const name of ['q2', 'q3', 'q4'])
+      assert.ok(seen.get(name)?.has('Queued'), `${name} was Queued${seenInOrder}`);
+    assert.ok(positions.get('q4')?.has(3), `the last object waited at position 3${seenInOrder}`);
     const objects = await Promise.all(names.map((name) => vps.get(name)));
     const starts = objects.map((object) => object.status?.startTime ?? '');
-    assert.deepEqual([...starts].sort(), starts, 'jobs started in creation order');
+    assert.deepEqual([...starts].sort(), starts, `jobs started in creation order${seenInOrder}`);
     assert.ok(
       objects.every((object) => object.status?.queuePosition === undefined),
       'no queue position once done',
@@ -405,5 +410,20 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
       (event) => event.verb === 'patch' && !event.objectRef?.subresource,
     ).length;
     assert.equal(finalizerWrites, 1, 'one finalizer patch');
+  });
+
+  // Last, over everything the tests above made it do: a status the CRD's schema refuses (a
+  // fraction of a byte, say) would leave the object's status stuck while the job runs on.
+  it('never had a status write refused as invalid by the API server', () => {
+    const username = `system:serviceaccount:lvp-system:${CONTROLLER_SERVICE_ACCOUNT}`;
+    const statusWrites = cluster
+      .auditEvents()
+      .filter((event) => event.user.username === username && event.objectRef?.subresource === 'status');
+    assert.ok(statusWrites.length > 20, `the tests made status writes (${statusWrites.length})`);
+    const refused = statusWrites.filter((event) => event.responseStatus?.code === 422);
+    assert.deepEqual(
+      refused.map((event) => event.requestURI),
+      [],
+    );
   });
 });

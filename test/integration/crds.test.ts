@@ -195,6 +195,7 @@ const volumeProvision: KindUnderTest = {
       'status.progress.overallPercent: Invalid value: 101',
     ],
     ['a progress without bytes', { progress: { stagePercent: 1, overallPercent: 1 } }, 'status.progress.bytesTotal: Required value'],
+    ['a fraction of a byte', { progress: { stagePercent: 14, overallPercent: 14, bytesProcessed: 37742025.1136, bytesTotal: 268435456 } }, 'status.progress.bytesProcessed: Invalid value'],
   ],
 };
 

@@ -53,6 +53,16 @@ describe('ProgressTracker', () => {
     assert.deepEqual(converting, [96.25, 97.5, 98.75]);
   });
 
+  it('reports whole bytes when a stage reports a fraction of its total (qemu-img: a percent)', () => {
+    const tracker = new ProgressTracker({
+      clock: new FakeClock(),
+      cacheHit: true,
+      rates: DEFAULT_STAGE_RATES,
+    });
+    const report = tracker.report('Converting', 0.1406 * 268_435_456, 268_435_456);
+    assert.equal(report.bytesProcessed, 37_742_025);
+  });
+
   it('never goes backwards when a stage starts over (a resumed or restarted download)', () => {
     const tracker = new ProgressTracker({
       clock: new FakeClock(),
