@@ -115,6 +115,8 @@ interface SharedDownload {
   waiters: Set<Waiter>;
   /** Space held for the download until it is committed or fails. */
   reservedBytes: number;
+  /** Resolves once the download is committed, or failed and its files are gone. */
+  settled: Promise<void>;
 }
 
 const BLOB_FILE = /^[0-9a-f]{64}\.img$/;
@@ -216,13 +218,17 @@ export class ImageCache {
     return this.#join(shared, options.signal, options.onProgress);
   }
 
-  /** Caches the source (the CachedImage kind's pre-warm): acquire and release at once. */
+  /**
+   * Caches the source (the CachedImage kind's pre-warm): acquire and release at once.
+   * `onDownload` as for acquire.
+   */
   async prewarm(
     source: DownloadSource,
     stat: SourceStat,
     signal: AbortSignal,
+    onDownload?: (own: boolean) => void,
   ): Promise<{ sizeBytes: number; sha256: string; hit: boolean; lastUsed: Date }> {
-    const lease = await this.acquire(source, stat, { signal });
+    const lease = await this.acquire(source, stat, { signal, ...(onDownload ? { onDownload } : {}) });
     lease.release();
     const { sizeBytes, sha256, hit } = lease;
     return { sizeBytes, sha256, hit, lastUsed: new Date(this.#clock.now()) };
@@ -300,10 +306,12 @@ export class ImageCache {
       controller: new AbortController(),
       waiters: new Set(),
       reservedBytes: stat.sizeBytes,
+      settled: Promise.resolve(),
     };
     this.#inflight.set(key, shared);
     this.#downloading.add(shared);
-    this.#track(this.#download(shared, source, stat, room, mirror));
+    shared.settled = this.#download(shared, source, stat, room, mirror);
+    this.#track(shared.settled);
     return shared;
   }
 
@@ -374,12 +382,12 @@ export class ImageCache {
     return new Promise((resolve, reject) => {
       const onAbort = () => {
         shared.waiters.delete(waiter);
-        if (shared.waiters.size === 0) {
-          // Nobody wants the image any more: stop the transfer; the downloader removes its file.
-          if (this.#inflight.get(shared.key) === shared) this.#inflight.delete(shared.key);
-          shared.controller.abort(signal.reason);
-        }
-        reject(signal.reason);
+        if (shared.waiters.size > 0) return reject(signal.reason);
+        // Nobody wants the image any more: stop the transfer. The last job to leave returns
+        // once the partial file is gone, so a cancelled job leaves nothing behind it.
+        if (this.#inflight.get(shared.key) === shared) this.#inflight.delete(shared.key);
+        shared.controller.abort(signal.reason);
+        void shared.settled.then(() => reject(signal.reason));
       };
       const waiter: Waiter = {
         onProgress,

@@ -77,6 +77,8 @@ export class FakeDownloader implements Downloader {
       this.beforeFinish();
       await rename(partial, destinationPath);
     } catch (error) {
+      // As the real one, which first waits for its writes to settle: cleanup takes a while.
+      await new Promise((resolve) => setImmediate(resolve));
       rmSync(partial, { force: true });
       throw error;
     }
