@@ -137,7 +137,7 @@ export class Provisioner implements Pipeline, CacheControl {
     const downloadStart = clock.now();
     let entry: Awaited<ReturnType<ImageCache['acquire']>>;
     let mirrored: boolean;
-    let joinedDownload: Span | undefined;
+    const joined = new JoinedDownloadSpan(source);
     try {
       entry = await this.#deps.cache.acquire(source, stat, {
         signal,
@@ -152,21 +152,13 @@ export class Provisioner implements Pipeline, CacheControl {
           // This job's own download writes the target: it is the whole job, not a share.
           if (own && mirror)
             tracker = new ProgressTracker({ clock, cacheHit: false, rates, writtenWhileDownloading: true });
-          // An own download has its span (tracedDownloader); waiting for another job's gets one here.
-          if (!own) joinedDownload = startSpan('DownloadImageToPath', downloadAttributes(source, true));
+          joined.onDownload(own);
         },
       });
-      joinedDownload?.setAttributes({
-        'image.destination_path': entry.path,
-        'image.size_bytes': entry.sizeBytes,
-      });
-      joinedDownload?.end();
+      joined.succeeded(entry);
       mirrored = (await mirror?.finish()) ?? false;
     } catch (error) {
-      if (joinedDownload?.isRecording()) {
-        recordFailure(joinedDownload, error);
-        joinedDownload.end();
-      }
+      joined.failed(error);
       await mirror?.finish();
       await discardEarly();
       if (!signal.aborted && isStorageFailure(error))
@@ -260,7 +252,15 @@ export class Provisioner implements Pipeline, CacheControl {
       ...(source.checksum ? { checksum: source.checksum } : {}),
     };
     const stat = await this.#deps.downloader.stat(download, signal);
-    return this.#deps.cache.prewarm(download, stat, signal);
+    const joined = new JoinedDownloadSpan(download);
+    try {
+      const entry = await this.#deps.cache.prewarm(download, stat, signal, (own) => joined.onDownload(own));
+      joined.succeeded(entry);
+      return entry;
+    } catch (error) {
+      joined.failed(error);
+      throw error;
+    }
   }
 
   evict(url: string): Promise<boolean> {
@@ -285,6 +285,39 @@ function volumeAttributes(uid: string, spec: ProvisionRequest['spec'], sizeBytes
 
 function downloadAttributes(source: DownloadSource, shared: boolean): Attributes {
   return { 'image.url': redactUrlText(source.url), 'image.download_shared': shared };
+}
+
+/**
+ * A job's own download has its span (tracedDownloader). A job that joins another job's
+ * download gets one here, in its own trace, for as long as it waits.
+ */
+class JoinedDownloadSpan {
+  readonly #source: DownloadSource;
+  #span: Span | undefined;
+
+  constructor(source: DownloadSource) {
+    this.#source = source;
+  }
+
+  /** The cache's answer on a miss: the download is this job's own, or joined. */
+  onDownload(own: boolean): void {
+    if (!own) this.#span = startSpan('DownloadImageToPath', downloadAttributes(this.#source, true));
+  }
+
+  succeeded(entry: { sizeBytes: number; path?: string }): void {
+    this.#span?.setAttributes({
+      ...(entry.path ? { 'image.destination_path': entry.path } : {}),
+      'image.size_bytes': entry.sizeBytes,
+    });
+    this.#span?.end();
+  }
+
+  failed(error: unknown): void {
+    // Not once it ended: a later step of the same try block may be what failed.
+    if (!this.#span?.isRecording()) return;
+    recordFailure(this.#span, error);
+    this.#span.end();
+  }
 }
 
 /** Every real download becomes a DownloadImageToPath span, child of the job waiting for it. */

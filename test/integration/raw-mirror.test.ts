@@ -48,6 +48,22 @@ const spanProvider = new node.NodeTracerProvider({
 });
 spanProvider.register();
 
+/** For each job span (runJob, runCacheJob) recorded, its DownloadImageToPath children. */
+function downloadSpansOfEachJob() {
+  const finished = spans.getFinishedSpans();
+  const jobs = finished.filter((span) => span.name === 'runJob' || span.name === 'runCacheJob');
+  return jobs.map((job) =>
+    finished.filter(
+      (span) =>
+        span.name === 'DownloadImageToPath' && span.parentSpanContext?.spanId === job.spanContext().spanId,
+    ),
+  );
+}
+
+/** Each job's download spans' image.download_shared, jobs sorted: [[false], [true]] for a pair. */
+const sharedFlags = (downloads: ReturnType<typeof downloadSpansOfEachJob>) =>
+  downloads.map((spansOfJob) => spansOfJob.map((span) => span.attributes['image.download_shared'])).sort();
+
 describe('raw images written while they download (MinIO, file targets)', { timeout: 180_000 }, () => {
   let workDir: string;
   let minio: MinioServer;
@@ -64,6 +80,7 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     await client.makeBucket(BUCKET);
     await client.putObject(BUCKET, 'mixed.raw', mixed, mixed.length);
     await client.putObject(BUCKET, 'shared.raw', mixed, mixed.length);
+    await client.putObject(BUCKET, 'prewarmed.raw', mixed, mixed.length);
     // A qcow2 file declared raw: its header must never reach a target.
     const plain = join(workDir, 'plain.raw');
     writeFileSync(plain, mixedImage(2));
@@ -219,20 +236,8 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     assert.ok(downloadedTo(converter) < 90, `the joiner's download reached ${downloadedTo(converter)} %`);
     assert.equal(converter.at(-1)?.overallPercent, 100);
     // Each job's trace shows the download it waited for: its own, or the one it joined.
-    const finished = spans.getFinishedSpans();
-    const jobs = finished.filter((span) => span.name === 'runJob');
-    const downloads = jobs.map((job) =>
-      finished.filter(
-        (span) =>
-          span.name === 'DownloadImageToPath' && span.parentSpanContext?.spanId === job.spanContext().spanId,
-      ),
-    );
-    assert.deepEqual(
-      downloads
-        .map((spansOfJob) => spansOfJob.map((span) => span.attributes['image.download_shared']))
-        .sort(),
-      [[false], [true]],
-    );
+    const downloads = downloadSpansOfEachJob();
+    assert.deepEqual(sharedFlags(downloads), [[false], [true]]);
     for (const [download] of downloads) {
       assert.equal(download?.attributes['image.url'], `s3://${BUCKET}/shared.raw`);
       assert.equal(download?.attributes['image.size_bytes'], mixed.length);
@@ -242,5 +247,24 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
       const written = readFileSync(join(targetDir, name));
       assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), name);
     }
+  });
+
+  it('traces a pre-warm that shares a new image’s download with a provision, each in its own trace', async () => {
+    spans.reset();
+    const credentials = { accessKeyId: minio.accessKey, secretKey: minio.secretKey };
+    await Promise.all([
+      inJobSpan('runJob', {}, undefined, () => provision(request('prewarmed.raw', 'beside-prewarm.img'))),
+      inJobSpan('runCacheJob', {}, undefined, () =>
+        provisioner.prewarm(
+          { url: `s3://${BUCKET}/prewarmed.raw`, format: 'raw' },
+          credentials,
+          new AbortController().signal,
+        ),
+      ),
+    ]);
+    const downloads = downloadSpansOfEachJob();
+    assert.equal(downloads.length, 2, 'a runJob and a runCacheJob');
+    assert.deepEqual(sharedFlags(downloads), [[false], [true]]);
+    for (const [download] of downloads) assert.equal(download?.attributes['image.size_bytes'], mixed.length);
   });
 });
