@@ -9,6 +9,7 @@ import {
   FINALIZER,
   TRACEPARENT_ANNOTATION,
 } from '../api/v1alpha1.ts';
+import { ArrivalOrder } from '../jobs/arrival-order.ts';
 import type { JobRunner } from '../jobs/runner.ts';
 import type { EventRecorder, SecretReader } from '../k8s/api.ts';
 import { errorMessage } from '../k8s/errors.ts';
@@ -47,6 +48,7 @@ export class CachedImageReconciler {
   readonly #attempts = new Map<string, number>();
   /** When each Cached image was last confirmed in the cache (in memory: a restart checks again). */
   readonly #checkedAt = new Map<string, number>();
+  readonly #order = new ArrivalOrder();
 
   constructor(deps: CachedImageReconcilerDeps) {
     this.#deps = deps;
@@ -62,6 +64,7 @@ export class CachedImageReconciler {
       return {};
     }
     if (object.spec.nodeName !== nodeName) return {};
+    this.#order.arrive(key);
     const finalizers = object.metadata?.finalizers ?? [];
     if (object.metadata?.deletionTimestamp) {
       await runner.cancel(jobKey);
@@ -93,13 +96,16 @@ export class CachedImageReconciler {
         return { requeueAfterMs: this.#deps.resyncMs - (now - checked) };
       }
     }
-    runner.submit(jobKey, (signal) =>
-      inJobSpan(
-        'runCacheJob',
-        { 'job.id': ref.uid, 'job.type': 'cache', 'image.url': redactUrlText(object.spec.source.url) },
-        object.metadata?.annotations?.[TRACEPARENT_ANNOTATION],
-        () => this.#prewarm(key, object, signal),
-      ),
+    runner.submit(
+      jobKey,
+      (signal) =>
+        inJobSpan(
+          'runCacheJob',
+          { 'job.id': ref.uid, 'job.type': 'cache', 'image.url': redactUrlText(object.spec.source.url) },
+          object.metadata?.annotations?.[TRACEPARENT_ANNOTATION],
+          () => this.#prewarm(key, object, signal),
+        ),
+      this.#order.rank(key, object.metadata?.creationTimestamp),
     );
     if (status.phase === undefined) {
       await this.#setStatus(object, status, 'Pending', {
@@ -219,5 +225,6 @@ export class CachedImageReconciler {
   #drop(key: string): void {
     this.#forget(key);
     this.#checkedAt.delete(key);
+    this.#order.forget(key);
   }
 }

@@ -10,6 +10,7 @@ import {
   type VolumeProvision,
   type VolumeProvisionStatus,
 } from '../api/v1alpha1.ts';
+import { ArrivalOrder } from '../jobs/arrival-order.ts';
 import { JobAbort, type JobRunner } from '../jobs/runner.ts';
 import type { EventRecorder, SecretReader, VolumeProvisionApi } from '../k8s/api.ts';
 import { errorMessage } from '../k8s/errors.ts';
@@ -68,6 +69,7 @@ export class Reconciler {
   readonly #deps: ReconcilerDeps;
   /** Earliest time of the next attempt per key, after a retryable failure. */
   readonly #retryAt = new Map<string, number>();
+  readonly #order = new ArrivalOrder();
 
   constructor(deps: ReconcilerDeps) {
     this.#deps = deps;
@@ -80,12 +82,14 @@ export class Reconciler {
       // Gone from the API server: nothing may run for it any more.
       await runner.cancel(key);
       this.#retryAt.delete(key);
+      this.#order.forget(key);
       return {};
     }
     if (object.spec.nodeName !== nodeName) {
       logger.warn({ key, nodeName: object.spec.nodeName }, 'ignoring an object meant for another node');
       return {};
     }
+    this.#order.arrive(key);
     if (object.metadata?.deletionTimestamp) return this.#finalize(key, object);
 
     const finalizers = object.metadata?.finalizers ?? [];
@@ -112,7 +116,11 @@ export class Reconciler {
     const now = this.#deps.clock.now();
     if (retryAt !== undefined && retryAt > now) return { requeueAfterMs: retryAt - now };
 
-    runner.submit(key, (signal) => this.#observedJob(key, object, signal));
+    runner.submit(
+      key,
+      (signal) => this.#observedJob(key, object, signal),
+      this.#order.rank(key, object.metadata?.creationTimestamp),
+    );
     const position = runner.positionOf(key);
     if (position !== undefined && position > 0) await this.#markQueued(object, status, position);
     return {};

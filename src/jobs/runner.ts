@@ -1,8 +1,23 @@
-// Runs provisioning jobs under a semaphore: at most `slots` at once, the rest waiting in FIFO
-// order with a visible queue position. Every job gets an AbortSignal; the abort reason says
-// whether it was cancelled (the object is being deleted) or handed back (shutdown).
+// Runs provisioning jobs under a semaphore: at most `slots` at once, the rest waiting in line
+// (by rank, else first come, first served) with a visible queue position. Every job gets an
+// AbortSignal; the abort reason says whether it was cancelled (the object is being deleted)
+// or handed back (shutdown).
 
 export type JobTask = (signal: AbortSignal) => Promise<void>;
+
+/**
+ * A job's place in line, compared element by element, lower first: e.g. [created at, arrival].
+ * Equal ranks (and the default, none) keep the order of submission.
+ */
+export type JobRank = readonly number[];
+
+function compareRanks(a: JobRank, b: JobRank): number {
+  for (let index = 0; index < Math.max(a.length, b.length); index += 1) {
+    const difference = (a[index] ?? 0) - (b[index] ?? 0);
+    if (difference !== 0) return difference;
+  }
+  return 0;
+}
 
 /** Why a job's signal was aborted. */
 export class JobAbort extends Error {
@@ -18,6 +33,7 @@ export class JobAbort extends Error {
 interface Job {
   key: string;
   task: JobTask;
+  rank: JobRank;
   controller: AbortController;
   settled: Promise<void>;
   settle: () => void;
@@ -65,14 +81,20 @@ export class JobRunner {
     return this.positionOf(key) !== undefined;
   }
 
-  /** Queues a job for `key` unless one is already waiting or running. Returns whether it was queued. */
-  submit(key: string, task: JobTask): boolean {
+  /**
+   * Queues a job for `key` unless one is already waiting or running, behind every waiting job
+   * of a lower or equal rank. Returns whether it was queued.
+   */
+  submit(key: string, task: JobTask, rank: JobRank = []): boolean {
     if (!this.#accepting || this.has(key)) return false;
     let settle = () => {};
     const settled = new Promise<void>((resolve) => {
       settle = resolve;
     });
-    this.#waiting.push({ key, task, controller: new AbortController(), settled, settle });
+    const job = { key, task, rank, controller: new AbortController(), settled, settle };
+    const before = this.#waiting.findIndex((waiting) => compareRanks(rank, waiting.rank) < 0);
+    if (before === -1) this.#waiting.push(job);
+    else this.#waiting.splice(before, 0, job);
     this.#observer.queueChanged?.(this.#waitingKeys());
     this.#startNext();
     return true;

@@ -212,10 +212,17 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     assert.ok(positions.get('q4')?.has(3), `the last object waited at position 3${seenInOrder}`);
     const objects = await Promise.all(names.map((name) => vps.get(name)));
     const starts = objects.map((object) => object.status?.startTime ?? '');
-    assert.deepEqual([...starts].sort(), starts, `jobs started in creation order${seenInOrder}`);
+    const finalStatuses = JSON.stringify(
+      objects.map(({ metadata, status }) => [metadata?.name, status?.startTime, status?.queuePosition]),
+    );
+    assert.deepEqual(
+      [...starts].sort(),
+      starts,
+      `jobs started in creation order: ${finalStatuses}${seenInOrder}`,
+    );
     assert.ok(
       objects.every((object) => object.status?.queuePosition === undefined),
-      'no queue position once done',
+      `no queue position once done: ${finalStatuses}`,
     );
   });
 

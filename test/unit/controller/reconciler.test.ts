@@ -204,3 +204,50 @@ describe('Reconciler', () => {
     assert.ok(events.some((event) => event.reason === 'VolumeRetained'));
   });
 });
+
+describe('Reconciler, several objects', () => {
+  it('lines jobs up in creation order even when their reconciles finish out of order', async () => {
+    // Five objects created in one second, as `kubectl apply` of a list does.
+    const names = ['q0', 'q1', 'q2', 'q3', 'q4'];
+    const objects = new Map(
+      names.map((name, index) => {
+        const object = volumeProvision({
+          name,
+          uid: `uid-${name}`,
+          finalizers: [],
+          creationTimestamp: '2026-11-23T13:25:55Z' as unknown as Date,
+        });
+        object.spec.target.volumeName = `vm-${index}`;
+        return [`ns/${name}`, object];
+      }),
+    );
+    const pipeline = new ScriptedPipeline();
+    pipeline.outcome = 'block';
+    const runner = new JobRunner(1);
+    const clock = new FakeClock();
+    const reconciler = new Reconciler({
+      nodeName: 'hv-1',
+      cache: { get: (key) => objects.get(key) },
+      objects: { setFinalizers: async () => {} },
+      secrets: { read: async () => ({ accessKeyId: 'AKIA', secretKey: 'shh' }) },
+      events: { record: () => {} },
+      status: new StatusWriter({ patchStatus: async () => {} }, { intervalMs: 5_000, clock }),
+      runner,
+      pipeline,
+      clock,
+      logger: pino({ level: 'silent' }),
+      retryBackoff: { baseMs: 10_000, maxMs: 60_000 },
+      requeue: () => {},
+    });
+    // The add events, in creation order: each reconcile adds the finalizer.
+    await Promise.all([...objects.keys()].map((key) => reconciler.reconcile(key)));
+    // The finalizer patches come back in any order; so do the reconciles that submit the jobs.
+    for (const object of objects.values()) object.metadata = { ...object.metadata, finalizers: [FINALIZER] };
+    for (const name of ['q0', 'q2', 'q4', 'q1', 'q3']) await reconciler.reconcile(`ns/${name}`);
+    assert.deepEqual(
+      names.map((name) => runner.positionOf(`ns/${name}`)),
+      [0, 1, 2, 3, 4],
+    );
+    await runner.shutDown();
+  });
+});

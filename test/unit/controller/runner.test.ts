@@ -47,6 +47,30 @@ describe('JobRunner', () => {
     assert.equal(runner.running, 0);
   });
 
+  it('lines waiting jobs up by rank, keeping submission order among equal ranks', async () => {
+    const log: string[] = [];
+    const runner = new JobRunner(1);
+    const running = controllableTask(log, 'running');
+    runner.submit('running', running.task, [0]);
+    // Submitted out of creation order, as parallel workers may: [created at, arrival].
+    const waiting = [
+      ['q4', [1000, 4]],
+      ['q3', [1000, 3]],
+      ['late', [2000, 0]],
+      ['q2', [1000, 2]],
+      ['q2-twin', [1000, 2]],
+    ] as const;
+    for (const [key, rank] of waiting) runner.submit(key, controllableTask(log, key).task, rank);
+    assert.deepEqual(
+      ['q2', 'q2-twin', 'q3', 'q4', 'late'].map((key) => runner.positionOf(key)),
+      [1, 2, 3, 4, 5],
+    );
+    running.release();
+    await tick();
+    assert.deepEqual(log, ['start running', 'end running', 'start q2']);
+    await runner.shutDown();
+  });
+
   it('does not queue a key twice', () => {
     const runner = new JobRunner(1);
     const { task } = controllableTask([], 'a');
