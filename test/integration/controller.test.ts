@@ -207,18 +207,32 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     const seenInOrder = `; the watch saw ${timeline.join(' ')}`;
     assert.ok(maxActive <= 2, `never more than 2 running (saw ${maxActive})${seenInOrder}`);
     assert.equal(maxActive, 2, `both slots were used${seenInOrder}`);
-    for (const name of ['q2', 'q3', 'q4'])
-      assert.ok(seen.get(name)?.has('Queued'), `${name} was Queued${seenInOrder}`);
-    assert.ok(positions.get('q4')?.has(3), `the last object waited at position 3${seenInOrder}`);
+    // Which three wait depends on whose finalizer patch came back first (parallel workers):
+    // the order is guaranteed among waiting jobs, and that is what is checked.
+    const waited = names.filter((name) => seen.get(name)?.has('Queued'));
+    assert.equal(waited.length, 3, `three of the five waited for a slot${seenInOrder}`);
+    // Positions are written coalesced, so a short-lived one may not show; none is out of range.
+    for (const name of waited) {
+      const seenPositions = [...(positions.get(name) ?? [])];
+      assert.ok(seenPositions.length > 0, `${name} showed a queue position${seenInOrder}`);
+      for (const position of seenPositions)
+        assert.ok(position >= 1 && position <= 3, `${name} at position ${position}${seenInOrder}`);
+    }
     const objects = await Promise.all(names.map((name) => vps.get(name)));
-    const starts = objects.map((object) => object.status?.startTime ?? '');
+    const startOf = (name: string) => objects[names.indexOf(name)]?.status?.startTime ?? '';
     const finalStatuses = JSON.stringify(
       objects.map(({ metadata, status }) => [metadata?.name, status?.startTime, status?.queuePosition]),
     );
+    const waitedStarts = waited.map(startOf);
     assert.deepEqual(
-      [...starts].sort(),
-      starts,
-      `jobs started in creation order: ${finalStatuses}${seenInOrder}`,
+      [...waitedStarts].sort(),
+      waitedStarts,
+      `the waiting jobs started in creation order: ${finalStatuses}${seenInOrder}`,
+    );
+    const ranAtOnce = names.filter((name) => !waited.includes(name)).map(startOf);
+    assert.ok(
+      ranAtOnce.every((start) => waitedStarts.every((waitedStart) => start < waitedStart)),
+      `the two that did not wait started first: ${finalStatuses}${seenInOrder}`,
     );
     assert.ok(
       objects.every((object) => object.status?.queuePosition === undefined),
