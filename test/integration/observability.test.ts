@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { TRACEPARENT_ANNOTATION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
-import { makeServerCertificate, type ServerCertificate } from '../rig/certs.ts';
+import { makeClientCertificate, makeServerCertificate, type ServerCertificate } from '../rig/certs.ts';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { freePort, waitUntil } from '../rig/net.ts';
@@ -31,11 +31,7 @@ import {
 import { type ImageServer, startImageServer } from '../support/image-server.ts';
 import { makeTestImage } from '../support/images.ts';
 import { SEED_METRICS } from '../unit/telemetry/seed-metrics.ts';
-import {
-  makeClientCertificate,
-  type PrometheusServer,
-  startPrometheus,
-} from './fixtures/observability/prometheus.ts';
+import { type PrometheusServer, startPrometheus } from './fixtures/observability/prometheus.ts';
 
 const run = promisify(execFile);
 const NAMESPACE = 'observed';
@@ -128,7 +124,7 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
     images.put('/slow.qcow2', qcow2);
 
     certs = await makeServerCertificate(workDir, { commonName: 'libvirt-volume-provisioner' });
-    const clientFiles = await makeClientCertificate(workDir);
+    const clientFiles = await makeClientCertificate(workDir, 'prometheus');
     client = {
       cert: readFileSync(clientFiles.cert),
       key: readFileSync(clientFiles.key),
