@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # libvirt-volume-provisioner: one pod per hypervisor (DaemonSet). Multi-stage: the build
-# stage compiles TypeScript to dist/; the runtime stage holds Node 24, the production
-# dependencies, dist/, and the tools the pipeline calls (qemu-img, lvm, virsh, nsenter).
+# stage checks the types and bundles src/ with its dependencies into dist/ (scripts/build.ts);
+# the runtime stage holds Node 24, dist/ (no node_modules: the bundle has everything), and
+# the tools the pipeline calls (qemu-img, lvm, virsh, nsenter).
 # test/integration/chart.test.ts runs the build stage's commands and hadolint.
 
 ARG NODE_IMAGE=node:24-bookworm-slim
@@ -9,13 +10,15 @@ ARG NODE_IMAGE=node:24-bookworm-slim
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-# Scripts stay off: the node@24 dev dependency only serves local runs (the image has Node 24)
-# and no production dependency needs an install script.
+# Scripts stay off: the node@24 dev dependency only serves local runs (the image has Node 24),
+# esbuild runs from its platform package without its postinstall, and no production
+# dependency needs an install script.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/build.ts ./scripts/
 COPY src ./src
 RUN npx tsc -p tsconfig.build.json \
- && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+ && node scripts/build.ts
 
 FROM ${NODE_IMAGE}
 ARG VERSION=0.1.0
@@ -37,7 +40,6 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends qemu-utils lvm2 libvirt-clients util-linux ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY package.json ./
 # Runs as root: lvcreate and writing to block devices need it (the chart's DaemonSet explains
@@ -47,7 +49,7 @@ EXPOSE 8080
 # A young generation of 1 MiB semi-spaces instead of V8's default (up to 16 MiB each) keeps
 # the controller about 40 MB smaller (bench/, peak RSS) at no measurable cost in throughput:
 # the data path moves bytes in Buffers, outside the JS heap, and frequent scavenges free
-# the received network buffers sooner. No --enable-source-maps: it keeps every module's
-# source map in memory (about 8 MB), and dist/ is plain readable JavaScript. bench/ starts
-# the controller with exactly these arguments.
+# the received network buffers sooner. No --enable-source-maps: it keeps the bundle's source
+# map in memory, and the bundle keeps every function's name for stack traces. bench/ and
+# test/integration/observability.test.ts start the controller with exactly these arguments.
 ENTRYPOINT ["node", "--max-semi-space-size=1", "dist/main.js"]

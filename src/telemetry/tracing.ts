@@ -32,10 +32,7 @@ export interface Tracing {
 
 export async function startTracing(options: TracingOptions): Promise<Tracing | undefined> {
   if (!options.endpoint) return undefined;
-  const [{ OTLPTraceExporter }, { NodeSDK, tracing }] = await Promise.all([
-    import('@opentelemetry/exporter-trace-otlp-grpc'),
-    import('@opentelemetry/sdk-node'),
-  ]);
+  const { OTLPTraceExporter, NodeSDK, tracing } = await import('./otel-sdk.ts');
   const sdk = new NodeSDK({
     serviceName: options.serviceName,
     spanProcessors: [new tracing.BatchSpanProcessor(new OTLPTraceExporter({ url: options.endpoint }))],

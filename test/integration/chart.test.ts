@@ -14,6 +14,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { isBuiltin } from 'node:module';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execa } from 'execa';
@@ -682,16 +683,25 @@ async function exportedMetrics(
 describe('Dockerfile', { timeout: 300_000 }, () => {
   const dockerfile = readFileSync(join(projectRoot, 'Dockerfile'), 'utf8');
 
-  it('builds dist/ with the build stage commands, from only what .dockerignore lets in, and the result runs', async () => {
-    // No Docker engine here: run the build stage's compile step on a copy of the build context,
+  it('builds dist/ with the build stage commands, from only what .dockerignore lets in, and the result runs without node_modules', async () => {
+    // No Docker engine here: run the build stage's commands on a copy of the build context,
     // with the project's node_modules standing in for `npm ci`.
-    assert.match(dockerfile, /RUN npx tsc -p tsconfig\.build\.json/);
-    assert.match(dockerfile, /npm prune --omit=dev/);
+    assert.match(dockerfile, /RUN npx tsc -p tsconfig\.build\.json \\\n && node scripts\/build\.ts\n/);
+    assert.doesNotMatch(
+      dockerfile,
+      /node_modules \.\/node_modules/,
+      'the runtime stage needs no node_modules',
+    );
+    const letIn = readFileSync(join(projectRoot, '.dockerignore'), 'utf8')
+      .split('\n')
+      .filter((line) => line.startsWith('!'))
+      .map((line) => line.slice(1).replace(/\/$/, ''));
+    assert.ok(letIn.includes('src') && letIn.includes('scripts/build.ts'), letIn.join(', '));
     const context = makeWorkDir('docker-build');
-    for (const path of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'src']) {
+    for (const path of letIn) {
       assert.match(
         dockerfile,
-        new RegExp(`COPY .*\\b${path.replace('.', '\\.')}\\b`),
+        new RegExp(`COPY .*${path.replace('.', '\\.')}\\b`),
         `the Dockerfile copies ${path}`,
       );
       cpSync(join(projectRoot, path), join(context, path), { recursive: true });
@@ -699,17 +709,31 @@ describe('Dockerfile', { timeout: 300_000 }, () => {
     symlinkSync(join(projectRoot, 'node_modules'), join(context, 'node_modules'));
     const node = join(projectRoot, 'node_modules/.bin/node');
     const tsc = join(projectRoot, 'node_modules/typescript/bin/tsc');
-    const build = await execa(node, [tsc, '-p', 'tsconfig.build.json'], {
-      cwd: context,
-      reject: false,
-      all: true,
-    });
-    assert.equal(build.exitCode, 0, `tsc -p tsconfig.build.json failed:\n${build.all}`);
-    assert.ok(existsSync(join(context, 'dist/main.js')), 'dist/main.js is the ENTRYPOINT');
-    // The image's entry point runs as JavaScript: without NODE_NAME it stops with the config error.
+    for (const args of [[tsc, '-p', 'tsconfig.build.json'], ['scripts/build.ts']]) {
+      const step = await execa(node, args, { cwd: context, reject: false, all: true });
+      assert.equal(step.exitCode, 0, `${args.join(' ')} failed:\n${step.all}`);
+    }
+
+    // The runtime stage: only dist/ and package.json. Every import left in the bundle is one
+    // of Node's modules or another file of the bundle.
+    const runtime = makeWorkDir('docker-runtime');
+    cpSync(join(context, 'dist'), join(runtime, 'dist'), { recursive: true });
+    cpSync(join(context, 'package.json'), join(runtime, 'package.json'));
+    const files = readdirSync(join(runtime, 'dist')).filter((name) => name.endsWith('.js'));
+    assert.ok(files.includes('main.js'), 'dist/main.js is the ENTRYPOINT');
+    for (const file of files) {
+      const code = readFileSync(join(runtime, 'dist', file), 'utf8');
+      for (const [, specifier = ''] of code.matchAll(/(?:\bfrom ?|\bimport ?\(?)["']([\w@./:-]+)["']/g)) {
+        assert.ok(
+          isBuiltin(specifier) || specifier.startsWith('./'),
+          `dist/${file} imports ${specifier}, which is not in the bundle`,
+        );
+      }
+    }
+    // Without NODE_NAME it stops with the config error, after loading the whole bundle.
     const run = await execa(node, ['--enable-source-maps', 'dist/main.js'], {
-      cwd: context,
-      env: { PATH: process.env.PATH ?? '', HOME: context },
+      cwd: runtime,
+      env: { PATH: process.env.PATH ?? '', HOME: runtime },
       extendEnv: false,
       reject: false,
       all: true,

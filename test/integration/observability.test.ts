@@ -2,7 +2,7 @@
 // a bearer token (as the seed's ServiceMonitor does) after a provision, a cache hit, a failed
 // and a cancelled job; promtool checks the exposition; a real OTLP/gRPC receiver gets the
 // spans of one provision, in the trace of the traceparent annotation its creator set, with
-// the trace_id its log lines carry.
+// the trace_id its log lines carry. The controller is the bundle the image runs (dist/).
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -139,6 +139,9 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
       nodeName: NODE,
       dirs: controllerDirs(join(workDir, 'node')),
       logFile: join(workDir, 'controller.log'),
+      // The shipped bundle, so that every signal here (traces from the SDK's lazily loaded
+      // chunk included) is proven on what the image runs.
+      entry: 'image',
       env: {
         LVP_S3_ENDPOINT: minio.endpoint,
         LVP_SERVER_PORT: String(port),

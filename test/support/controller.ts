@@ -1,9 +1,11 @@
-// Runs the real controller (node src/main.ts) against the rig's API server, as a separate
-// process so that tests can SIGKILL and restart it, with the RBAC the chart grants.
+// Runs the real controller (node src/main.ts, or the image's bundle in dist/) against the
+// rig's API server, as a separate process so that tests can SIGKILL and restart it, with the
+// RBAC the chart grants.
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { execa } from 'execa';
 import yaml from 'js-yaml';
 import { GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
 import type { KubeControlPlane } from '../rig/kube.ts';
@@ -89,7 +91,7 @@ export interface ControllerProcess {
 
 /**
  * The node arguments of the container image: the Dockerfile's ENTRYPOINT, which runs the
- * compiled dist/main.js (`npm run build`) with the image's V8 flags.
+ * bundled dist/main.js (`npm run build`) with the image's V8 flags.
  */
 export function imageEntrypointArgs(): string[] {
   const dockerfile = readFileSync(join(projectRoot, 'Dockerfile'), 'utf8');
@@ -101,15 +103,33 @@ export function imageEntrypointArgs(): string[] {
   return command.slice(1);
 }
 
+let imageBundle: Promise<unknown> | undefined;
+
+/** `npm run build`'s bundling step (esbuild only; the test command checks types already). */
+function buildImageBundle(): Promise<unknown> {
+  imageBundle ??= execa(
+    join(projectRoot, 'node_modules/.bin/node'),
+    [join(projectRoot, 'scripts/build.ts')],
+    {
+      cwd: projectRoot,
+    },
+  );
+  return imageBundle;
+}
+
 export async function startController(options: {
   kubeconfig: string;
   nodeName: string;
   dirs: ControllerDirs;
   logFile: string;
   env?: Record<string, string>;
-  /** `image` runs dist/ as the container does (see imageEntrypointArgs); default: src/main.ts. */
+  /**
+   * `image` bundles src/ into dist/ (once per test process, so never a stale bundle) and runs
+   * it as the container does (see imageEntrypointArgs); default: src/main.ts.
+   */
   entry?: 'source' | 'image';
 }): Promise<ControllerProcess> {
+  if (options.entry === 'image') await buildImageBundle();
   const process_ = new ManagedProcess({
     name: 'controller',
     command: join(projectRoot, 'node_modules/.bin/node'),
