@@ -43,8 +43,14 @@ WORKDIR /app
 COPY --from=build /src/dist ./dist
 COPY package.json ./
 # Runs as root: lvcreate and writing to block devices need it (the chart's DaemonSet explains
-# the privileges). LC_ALL=C keeps lvm and qemu-img output parseable.
-ENV NODE_ENV=production LC_ALL=C
+# the privileges). LC_ALL=C keeps lvm and qemu-img output parseable. GLIBC_TUNABLES, measured
+# with bench/ (peak RSS from 144-152 MB to 137-138 MB, same download speed):
+# - mmap_threshold fixed at glibc's default 128 KiB: left dynamic, it rises after the first
+#   large free, and from then on network buffers come from the heap, whose freed memory stays
+#   resident (a 64 KiB threshold saved as much but downloaded about 20 % slower);
+# - arena_max=2: buffers allocated on one thread (libuv's, V8's) and freed on another no
+#   longer leave memory behind in up to 8 arenas per core.
+ENV NODE_ENV=production LC_ALL=C GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2
 EXPOSE 8080
 # A young generation of 1 MiB semi-spaces instead of V8's default (up to 16 MiB each) keeps
 # the controller about 40 MB smaller (bench/, peak RSS) at no measurable cost in throughput:

@@ -239,6 +239,52 @@ describe('download', { timeout: 180_000 }, () => {
       assert.equal(result.sha256, sha('sha256', plain));
     });
 
+    it('reads a key with spaces, unicode and reserved characters, signed and anonymously from a public bucket', async () => {
+      // The body comes from a presigned URL, or the plain object URL without credentials:
+      // both must encode the key as S3 signs and serves it.
+      const key = 'disks/odd name+ü&=%;,.raw';
+      const publicBucket = 'public-disks';
+      const client = minio.client();
+      await client.makeBucket(publicBucket);
+      await client.setBucketPolicy(
+        publicBucket,
+        JSON.stringify({
+          Version: '2012-10-17',
+          Statement: [
+            {
+              Effect: 'Allow',
+              Principal: { AWS: ['*'] },
+              Action: ['s3:GetObject'],
+              Resource: [`arn:aws:s3:::${publicBucket}/*`],
+            },
+          ],
+        }),
+      );
+      await client.putObject(BUCKET, key, sidecarred, sidecarred.length);
+      await client.putObject(publicBucket, key, sidecarred, sidecarred.length);
+      const path = key.split('/').map(encodeURIComponent).join('/');
+      const folder = emptyFolder('s3-odd-key');
+      const signed = await downloader().download(
+        { url: `s3://${BUCKET}/${path}`, credentials: credentials() },
+        { destinationPath: join(folder, 'signed.raw'), signal: new AbortController().signal },
+      );
+      const anonymous = await downloader().download(
+        { url: `s3://${publicBucket}/${path}` },
+        { destinationPath: join(folder, 'anonymous.raw'), signal: new AbortController().signal },
+      );
+      assert.equal(signed.sha256, sha('sha256', sidecarred));
+      assert.equal(anonymous.sha256, sha('sha256', sidecarred));
+      assert.deepEqual(readdirSync(folder).sort(), ['anonymous.raw', 'signed.raw']);
+      // Without the policy, the same anonymous read is refused as such.
+      await rejectsWith(
+        downloader().download(
+          { url: `s3://${BUCKET}/${path}` },
+          { destinationPath: join(folder, 'denied.raw'), signal: new AbortController().signal },
+        ),
+        'SourceAccessDenied',
+      );
+    });
+
     it('evicts the downloaded file from the page cache', async () => {
       const folder = emptyFolder('s3-page-cache');
       const result = await downloader().download(

@@ -90,17 +90,28 @@ export interface ControllerProcess {
 }
 
 /**
- * The node arguments of the container image: the Dockerfile's ENTRYPOINT, which runs the
- * bundled dist/main.js (`npm run build`) with the image's V8 flags.
+ * How the container image starts the controller: the Dockerfile's ENTRYPOINT, which runs the
+ * bundled dist/main.js (`npm run build`) with the image's V8 flags, and the runtime stage's
+ * ENV (one `ENV KEY=value ...` line, as the Dockerfile writes it).
  */
-export function imageEntrypointArgs(): string[] {
+export function imageEntrypoint(): { args: string[]; env: Record<string, string> } {
   const dockerfile = readFileSync(join(projectRoot, 'Dockerfile'), 'utf8');
-  const line = dockerfile.split('\n').find((text) => text.startsWith('ENTRYPOINT '));
-  const command = line ? (JSON.parse(line.slice('ENTRYPOINT '.length)) as unknown) : undefined;
+  const runtimeStage = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
+  const lines = runtimeStage.split('\n');
+  const entrypoint = lines.find((text) => text.startsWith('ENTRYPOINT '));
+  const command = entrypoint ? (JSON.parse(entrypoint.slice('ENTRYPOINT '.length)) as unknown) : undefined;
   if (!Array.isArray(command) || command[0] !== 'node' || !command.every((arg) => typeof arg === 'string')) {
     throw new Error('the Dockerfile has no exec-form ENTRYPOINT ["node", ...]');
   }
-  return command.slice(1);
+  const env: Record<string, string> = {};
+  for (const line of lines.filter((text) => text.startsWith('ENV '))) {
+    for (const pair of line.slice('ENV '.length).trim().split(/\s+/)) {
+      const match = /^([A-Z_][A-Z0-9_]*)=(\S+)$/.exec(pair);
+      if (!match?.[1] || match[2] === undefined) throw new Error(`cannot read the Dockerfile's ${line}`);
+      env[match[1]] = match[2];
+    }
+  }
+  return { args: command.slice(1), env };
 }
 
 let imageBundle: Promise<unknown> | undefined;
@@ -125,17 +136,19 @@ export async function startController(options: {
   env?: Record<string, string>;
   /**
    * `image` bundles src/ into dist/ (once per test process, so never a stale bundle) and runs
-   * it as the container does (see imageEntrypointArgs); default: src/main.ts.
+   * it as the container does (see imageEntrypoint); default: src/main.ts.
    */
   entry?: 'source' | 'image';
 }): Promise<ControllerProcess> {
   if (options.entry === 'image') await buildImageBundle();
+  const image = options.entry === 'image' ? imageEntrypoint() : undefined;
   const process_ = new ManagedProcess({
     name: 'controller',
     command: join(projectRoot, 'node_modules/.bin/node'),
-    args: options.entry === 'image' ? imageEntrypointArgs() : [join(projectRoot, 'src/main.ts')],
+    args: image ? image.args : [join(projectRoot, 'src/main.ts')],
     cwd: projectRoot,
     env: {
+      ...image?.env,
       PATH: process.env.PATH,
       HOME: process.env.HOME,
       KUBECONFIG: options.kubeconfig,

@@ -151,7 +151,7 @@ function objectSourceFor(source: DownloadSource, s3Endpoint: S3Endpoint | undefi
   });
   return location.kind === 's3'
     ? new S3Source(location, source.credentials)
-    : new HttpSource(location.url, caBundle);
+    : new HttpSource(location.url, { caBundle });
 }
 
 async function statSource(source: DownloadSource, signal: AbortSignal, settings: Settings) {

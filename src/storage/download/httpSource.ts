@@ -1,7 +1,8 @@
-// A plain HTTP(S) resource read with node:http/https: a web server, or a presigned S3 URL.
-import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+// A plain HTTP(S) resource: a web server, or a presigned S3 URL (S3Source reads object bodies
+// this way too). Requests go through undici rather than node:http: node:http's per-read
+// buffers wait for a major GC, so receiving 512 MiB held 90-94 MB of them at the peak even
+// when every chunk was dropped at once; undici's peak was 26-44 MB at the same speed.
+import { Agent, type Dispatcher, request } from 'undici';
 import { PipelineError } from '../../pipeline/types.ts';
 import { DownloadReason } from './reasons.ts';
 import {
@@ -16,15 +17,12 @@ import { redactUrl } from './url.ts';
 
 const MAX_REDIRECTS = 5;
 
-function send(url: URL, headers: Record<string, string>, signal: AbortSignal, ca: string[] | undefined) {
-  return new Promise<IncomingMessage>((resolve, reject) => {
-    const request =
-      url.protocol === 'https:'
-        ? httpsRequest(url, { headers, signal, ...(ca ? { ca } : {}) }, resolve)
-        : httpRequest(url, { headers, signal }, resolve);
-    request.once('error', reject);
-    request.end();
-  });
+type Response = Dispatcher.ResponseData;
+
+/** One header's value; a repeated header counts as absent, since it cannot be trusted. */
+function header(response: Response, name: string): string | undefined {
+  const value = response.headers[name];
+  return typeof value === 'string' ? value : undefined;
 }
 
 function parseContentRange(header: string | undefined): { start?: number; total?: number } {
@@ -36,30 +34,48 @@ function parseContentRange(header: string | undefined): { start?: number; total?
   };
 }
 
+/**
+ * Drops a body that will not be read. `destroy()` would make undici's body emit an error that
+ * nothing listens to; `dump()` never rejects, reads a small body to keep the connection, and
+ * closes a big one.
+ */
+function discard(response: Response): void {
+  void response.body.dump();
+}
+
 /** A strong ETag, else Last-Modified: what `If-Range` accepts to resume the same version. */
-function versionOf(headers: IncomingHttpHeaders): string | undefined {
-  const etag = headers.etag;
+function versionOf(response: Response): string | undefined {
+  const etag = header(response, 'etag');
   if (etag && !etag.startsWith('W/')) return etag;
-  return headers['last-modified'];
+  return header(response, 'last-modified');
+}
+
+export interface HttpSourceOptions {
+  /** PEM CA certificates trusted besides the public roots. */
+  caBundle?: string | undefined;
+  /** Names the resource in messages; default: the URL without its query and credentials. */
+  description?: string;
 }
 
 export class HttpSource implements ObjectSource {
   readonly description: string;
   readonly #url: URL;
-  readonly #ca: string[] | undefined;
+  /** undici's shared dispatcher, unless the source trusts its own CAs. */
+  readonly #dispatcher: Dispatcher | undefined;
 
-  constructor(url: URL, caBundle?: string) {
+  constructor(url: URL, options: HttpSourceOptions = {}) {
     this.#url = url;
-    this.#ca = trustedCAs(caBundle);
-    this.description = redactUrl(url);
+    const ca = trustedCAs(options.caBundle);
+    this.#dispatcher = ca ? new Agent({ connect: { ca } }) : undefined;
+    this.description = options.description ?? redactUrl(url);
   }
 
   async stat({ signal }: { signal: AbortSignal }): Promise<ObjectInfo> {
     // A one-byte GET, not HEAD: presigned URLs are signed for GET only.
     const response = await this.#get({ range: 'bytes=0-0' }, signal);
-    response.destroy();
-    const { total } = parseContentRange(response.headers['content-range']);
-    const length = response.headers['content-length'];
+    discard(response);
+    const { total } = parseContentRange(header(response, 'content-range'));
+    const length = header(response, 'content-length');
     const sizeBytes = response.statusCode === 200 && length !== undefined ? Number(length) : total;
     if (sizeBytes === undefined || !Number.isSafeInteger(sizeBytes))
       throw new PipelineError(
@@ -67,7 +83,7 @@ export class HttpSource implements ObjectSource {
         `${this.description} does not state its size (no Content-Length or Content-Range), which the download needs to check space and completeness`,
         { terminal: false },
       );
-    const version = versionOf(response.headers);
+    const version = versionOf(response);
     return version === undefined ? { sizeBytes } : { sizeBytes, version };
   }
 
@@ -79,50 +95,56 @@ export class HttpSource implements ObjectSource {
       if (info.version !== undefined) headers['if-range'] = info.version;
     }
     const response = await this.#get(headers, signal);
-    const version = versionOf(response.headers);
+    const { body } = response;
+    const version = versionOf(response);
     if (info.version !== undefined && version !== undefined && version !== info.version) {
-      response.destroy();
+      discard(response);
       throw sourceChanged(this.description, `version ${info.version} became ${version}`);
     }
     if (response.statusCode === 206) {
-      const { start, total } = parseContentRange(response.headers['content-range']);
+      const contentRange = header(response, 'content-range');
+      const { start, total } = parseContentRange(contentRange);
       if (start !== offset || total !== info.sizeBytes) {
-        response.destroy();
+        discard(response);
         throw sourceChanged(
           this.description,
-          `asked for bytes ${offset}- of ${info.sizeBytes}, got ${response.headers['content-range']}`,
+          `asked for bytes ${offset}- of ${info.sizeBytes}, got ${contentRange}`,
         );
       }
-      return { body: response, offset };
+      return { body, offset };
     }
-    const length = response.headers['content-length'];
+    const length = header(response, 'content-length');
     if (length !== undefined && Number(length) !== info.sizeBytes) {
-      response.destroy();
+      discard(response);
       throw sourceChanged(this.description, `size ${info.sizeBytes} became ${length}`);
     }
     // A 200 to a range request: the server does not do ranges, so the body starts at 0.
-    return { body: response, offset: 0 };
+    return { body, offset: 0 };
   }
 
   /** GET following redirects; error statuses become PipelineErrors or retryable faults. */
-  async #get(headers: Record<string, string>, signal: AbortSignal): Promise<IncomingMessage> {
+  async #get(headers: Record<string, string>, signal: AbortSignal): Promise<Response> {
     let url = this.#url;
     for (let redirects = 0; ; redirects++) {
-      let response: IncomingMessage;
+      let response: Response;
       try {
-        response = await send(url, headers, signal, this.#ca);
+        response = await request(url, {
+          headers,
+          signal,
+          ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
+        });
       } catch (error) {
         throw transportFault(error, this.description);
       }
-      const status = response.statusCode ?? 0;
-      const location = response.headers.location;
+      const status = response.statusCode;
+      const location = header(response, 'location');
       if (status >= 300 && status < 400 && location !== undefined && redirects < MAX_REDIRECTS) {
-        response.resume();
+        discard(response);
         url = new URL(location, url);
         continue;
       }
       if (status >= 200 && status < 300) return response;
-      response.resume();
+      discard(response);
       throw this.#statusFault(status);
     }
   }

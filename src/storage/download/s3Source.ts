@@ -1,22 +1,23 @@
-// An object in an S3-compatible endpoint (MinIO), read with the minio client, path-style.
+// An object in an S3-compatible endpoint (MinIO), path-style. The minio client states the
+// object, reads the checksum sidecar and signs; the object's body is read from a presigned
+// URL by HttpSource, whose transport holds far less memory than the client's node:http.
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { Readable } from 'node:stream';
 import { Client, S3Error } from 'minio';
 import type { SourceCredentials } from '../../pipeline/types.ts';
 import { PipelineError } from '../../pipeline/types.ts';
 import { parseSha256Sidecar } from './checksum.ts';
+import { HttpSource } from './httpSource.ts';
 import { DownloadReason } from './reasons.ts';
 import {
   errorCode,
   type ObjectBody,
   type ObjectInfo,
   type ObjectSource,
-  sourceChanged,
   transportFault,
   trustedCAs,
 } from './source.ts';
-import { describeLocation, type S3Endpoint } from './url.ts';
+import { describeLocation, type S3Endpoint, s3ObjectUrl } from './url.ts';
 
 const NOT_FOUND = new Set(['NotFound', 'NoSuchKey', 'NoSuchBucket']);
 const DENIED = new Set([
@@ -36,6 +37,8 @@ const RETRYABLE = new Set([
 ]);
 /** A real sidecar is one sha256sum line; anything bigger is not one. */
 const MAX_SIDECAR_BYTES = 4096;
+/** A presigned URL serves one GET that starts at once; S3 checks the expiry only at its start. */
+const PRESIGNED_URL_SECONDS = 15 * 60;
 
 export interface S3Object {
   endpoint: S3Endpoint;
@@ -48,6 +51,7 @@ export class S3Source implements ObjectSource {
   readonly #object: S3Object;
   readonly #credentials: SourceCredentials;
   readonly #ca: string[] | undefined;
+  readonly #caBundle: string | undefined;
 
   constructor(object: S3Object, credentials: SourceCredentials = {}) {
     const { accessKeyId, secretKey } = credentials;
@@ -59,6 +63,7 @@ export class S3Source implements ObjectSource {
       );
     this.#object = object;
     this.#credentials = credentials;
+    this.#caBundle = credentials.caBundle;
     this.#ca = trustedCAs(credentials.caBundle);
     this.description = describeLocation({ kind: 's3', ...object });
   }
@@ -66,7 +71,8 @@ export class S3Source implements ObjectSource {
   async stat({ signal, withSidecar }: { signal: AbortSignal; withSidecar: boolean }): Promise<ObjectInfo> {
     const { bucket, key } = this.#object;
     const stat = await this.#call(signal, (client) => client.statObject(bucket, key));
-    const info: ObjectInfo = { sizeBytes: stat.size, version: stat.etag };
+    // The client strips the ETag's quotes; the body's GET compares and sends it in HTTP form.
+    const info: ObjectInfo = { sizeBytes: stat.size, version: `"${stat.etag}"` };
     if (!withSidecar) return info;
     const sidecarKey = `${key}.sha256`;
     const content = await this.#readSmallObject(sidecarKey, signal);
@@ -75,24 +81,19 @@ export class S3Source implements ObjectSource {
   }
 
   async open(offset: number, info: ObjectInfo, signal: AbortSignal): Promise<ObjectBody> {
-    const { bucket, key } = this.#object;
-    const { client, release } = this.#client(signal);
-    let body: Readable;
-    try {
-      body = await client.getPartialObject(bucket, key, offset);
-    } catch (error) {
-      release();
-      throw this.#fault(error);
-    }
-    body.once('close', release);
-    // minio returns the HTTP response itself, so its ETag tells whether the object changed.
-    const etag = (body as Readable & { headers?: Record<string, string | undefined> }).headers?.etag;
-    const version = etag?.replace(/^"|"$/g, '');
-    if (version !== undefined && info.version !== undefined && version !== info.version) {
-      body.destroy();
-      throw sourceChanged(this.description, `ETag ${info.version} became ${version}`);
-    }
-    return { body, offset };
+    const { endpoint, bucket, key } = this.#object;
+    // The client cannot presign without credentials; an anonymous read needs no signature.
+    const url =
+      this.#credentials.accessKeyId === undefined
+        ? s3ObjectUrl(endpoint, bucket, key)
+        : new URL(
+            await this.#call(signal, (client) =>
+              client.presignedGetObject(bucket, key, PRESIGNED_URL_SECONDS),
+            ),
+          );
+    // HttpSource checks the range and the ETag (If-Range), and names the object as we do.
+    const body = new HttpSource(url, { caBundle: this.#caBundle, description: this.description });
+    return body.open(offset, info, signal);
   }
 
   /** The object's text, or undefined when it is absent. */

@@ -41,6 +41,13 @@ export function describeLocation(location: SourceLocation): string {
   return `s3://${location.bucket}/${location.key} at ${useSSL ? 'https' : 'http'}://${host}:${port}`;
 }
 
+/** The object's path-style URL, unsigned: what an anonymous read of a public bucket GETs. */
+export function s3ObjectUrl(endpoint: S3Endpoint, bucket: string, key: string): URL {
+  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
+  const path = [bucket, ...key.split('/')].map(encodeURIComponent).join('/');
+  return new URL(`${endpoint.useSSL ? 'https' : 'http'}://${host}:${endpoint.port}/${path}`);
+}
+
 /** Parses the controller's S3 endpoint setting, e.g. `https://minio.storage.svc:9000`. */
 export function parseS3Endpoint(endpointUrl: string, region?: string): S3Endpoint {
   let url: URL;
