@@ -51,7 +51,6 @@ export class S3Source implements ObjectSource {
   readonly #object: S3Object;
   readonly #credentials: SourceCredentials;
   readonly #ca: string[] | undefined;
-  readonly #caBundle: string | undefined;
 
   constructor(object: S3Object, credentials: SourceCredentials = {}) {
     const { accessKeyId, secretKey } = credentials;
@@ -63,7 +62,6 @@ export class S3Source implements ObjectSource {
       );
     this.#object = object;
     this.#credentials = credentials;
-    this.#caBundle = credentials.caBundle;
     this.#ca = trustedCAs(credentials.caBundle);
     this.description = describeLocation({ kind: 's3', ...object });
   }
@@ -92,7 +90,10 @@ export class S3Source implements ObjectSource {
             ),
           );
     // HttpSource checks the range and the ETag (If-Range), and names the object as we do.
-    const body = new HttpSource(url, { caBundle: this.#caBundle, description: this.description });
+    const body = new HttpSource(url, {
+      caBundle: this.#credentials.caBundle,
+      description: this.description,
+    });
     return body.open(offset, info, signal);
   }
 
