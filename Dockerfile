@@ -12,8 +12,10 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 # Scripts stay off: the node@24 dev dependency only serves local runs (the image has Node 24),
 # esbuild runs from its platform package without its postinstall, and no production
-# dependency needs an install script.
-RUN npm ci --ignore-scripts --no-audit --no-fund
+# dependency needs an install script. `npm install`, not `npm ci`, for the reason in
+# scripts/ensure-node.sh (the lockfile lacks biome's other-platform packages, which `npm ci`
+# refuses); it still installs exactly the locked versions.
+RUN npm install --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/build.ts ./scripts/
 COPY src ./src

@@ -685,7 +685,7 @@ describe('Dockerfile', { timeout: 300_000 }, () => {
 
   it('builds dist/ with the build stage commands, from only what .dockerignore lets in, and the result runs without node_modules', async () => {
     // No Docker engine here: run the build stage's commands on a copy of the build context,
-    // with the project's node_modules standing in for `npm ci`.
+    // with the project's node_modules standing in for the installed dependencies.
     assert.match(dockerfile, /RUN npx tsc -p tsconfig\.build\.json \\\n && node scripts\/build\.ts\n/);
     assert.doesNotMatch(
       dockerfile,
@@ -706,6 +706,17 @@ describe('Dockerfile', { timeout: 300_000 }, () => {
       );
       cpSync(join(projectRoot, path), join(context, path), { recursive: true });
     }
+    // The install step itself, as a dry run (it resolves against the lockfile, and downloads
+    // nothing): `npm ci` refused this lockfile, which only a real image build would have shown.
+    const install = /^RUN (npm (?:ci|install) .*)$/m.exec(dockerfile)?.[1];
+    assert.ok(install, 'the build stage installs the dependencies with npm');
+    const [, ...installArgs] = install.split(' ');
+    const dryRun = await execa('npm', [...installArgs, '--dry-run'], {
+      cwd: context,
+      reject: false,
+      all: true,
+    });
+    assert.equal(dryRun.exitCode, 0, `${install} --dry-run failed:\n${dryRun.all}`);
     symlinkSync(join(projectRoot, 'node_modules'), join(context, 'node_modules'));
     const node = join(projectRoot, 'node_modules/.bin/node');
     const tsc = join(projectRoot, 'node_modules/typescript/bin/tsc');
