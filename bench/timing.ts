@@ -55,6 +55,34 @@ export function watchUntil(
   });
 }
 
+/**
+ * Waits until the API server serves watches of VolumeProvisions in `namespace`: for a while
+ * after a CRD is established it answers them with 429, and a measured watch must not be late.
+ */
+export async function untilWatchable(
+  config: KubeConfig,
+  namespace: string,
+  timeoutMs = 60_000,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      const started = await new Watch(config).watch(
+        `/apis/lvp.dev/v1alpha1/namespaces/${namespace}/volumeprovisions`,
+        {},
+        () => {},
+        () => {},
+      );
+      started.abort();
+      return;
+    } catch (error) {
+      const status = (error as { statusCode?: unknown }).statusCode;
+      if (status !== 429 || performance.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
 /** The peak resident set size of a process so far (VmHWM), in bytes. */
 export async function peakRss(pid: number): Promise<number> {
   const { readFile } = await import('node:fs/promises');

@@ -54,7 +54,7 @@ export interface QemuImgOptions {
  * - `-W` and `-m 16` showed no consistent gain, so qemu-img's defaults stay.
  * Both need a filesystem with O_DIRECT: not tmpfs.
  */
-const cacheOptions = ['-t', 'none', '-T', 'none'] as const;
+export const CONVERT_CACHE_OPTIONS = ['-t', 'none', '-T', 'none'] as const;
 
 /** qemu-img's stderr, trimmed to what a status message can carry. */
 function qemuImgMessage(stderr: string): string {
@@ -130,7 +130,7 @@ export function createQemuImg(options: QemuImgOptions = {}): QemuImg {
         sourceFormat,
         '-O',
         'raw',
-        ...cacheOptions,
+        ...CONVERT_CACHE_OPTIONS,
         // A block device exists already and cannot be created; qemu-img still writes its zeros,
         // because a new LV may hold an old volume's data.
         ...(targetIsBlockDevice ? ['-n'] : []),
