@@ -172,8 +172,12 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
         `overall progress fell from ${previous.overallPercent} to ${report.overallPercent}`,
       );
     });
+    // The stage's start, then qemu-img's reports up to 100 %. How many of those arrive depends
+    // on how its writes meet our reads (a busy machine got them all in one read); qemu-img's
+    // own integration test proves that reports arrive while it still runs.
     const converting = progress.filter((report) => report.stage === 'Converting');
-    assert.ok(converting.length > 2, 'qemu-img reported its progress');
+    assert.ok(converting.length >= 2, `Converting reports: ${JSON.stringify(converting)}`);
+    assert.equal(converting[0]?.stagePercent, 0);
     assert.equal(converting.at(-1)?.stagePercent, 100);
     assert.equal(converting.at(-1)?.bytesProcessed, images.qcow2.sizeBytes);
     assert.equal(progress.at(-1)?.overallPercent, 100);
