@@ -351,10 +351,13 @@ export async function createPipeline(
   logger: Logger,
   metrics: PipelineMetrics = noopPipelineMetrics,
 ): Promise<Pipeline & CacheControl> {
+  // One for downloads and targets written while downloading: a missing dd is logged once.
+  const pageCache = ddPageCache((message) => logger.warn(message));
   const downloader = tracedDownloader(
-    createDownloader(
-      config.s3Endpoint ? { s3Endpoint: { url: config.s3Endpoint, region: config.s3Region } } : {},
-    ),
+    createDownloader({
+      pageCache,
+      ...(config.s3Endpoint ? { s3Endpoint: { url: config.s3Endpoint, region: config.s3Region } } : {}),
+    }),
   );
   const database = StateDatabase.open(join(config.stateDir, 'provisioner.db'));
   const rates = new StageRateStore(database);
@@ -378,6 +381,7 @@ export async function createPipeline(
     rates,
     metrics,
     downloader,
+    mirror: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
     cache,
     qemuImg: createQemuImg(),
     targets: {
