@@ -299,6 +299,27 @@ async function onDisk<T>(folder: string, operation: () => Promise<T>): Promise<T
   }
 }
 
+/**
+ * Frees received chunks now instead of at V8's next full GC. undici hands out each 64 KiB chunk
+ * in an ArrayBuffer of its own, outside the JS heap, and the young-generation GCs, which see
+ * little JS allocation during a download, rarely free them: they piled up until V8's limit on
+ * external memory forced a full GC, about six per 206 MiB. Releasing them made a download
+ * about 10 % faster (bench/). Call it once the batch is written and hashed: nothing reads a
+ * chunk after that. A view that shares its buffer with others is left to the GC.
+ */
+function releaseChunks(chunks: readonly Buffer[]): void {
+  for (const chunk of chunks) {
+    const { buffer } = chunk;
+    if (!(buffer instanceof ArrayBuffer) || chunk.byteOffset !== 0 || buffer.byteLength !== chunk.length)
+      continue;
+    try {
+      buffer.transfer(0);
+    } catch {
+      // A buffer that cannot be detached is freed by the GC, as any other.
+    }
+  }
+}
+
 /** Calls back at most every `intervalMs`, and always for the first and the last byte. */
 class ProgressThrottle {
   readonly #callback: ((progress: DownloadProgress) => void) | undefined;
@@ -431,6 +452,7 @@ class Transfer {
       this.#mirror?.write(chunks, this.bytesDone),
     ]);
     for (const chunk of chunks) this.#digests.update(chunk);
+    releaseChunks(chunks);
     this.bytesDone += length;
     this.#progress.report(this.bytesDone);
   }
