@@ -103,18 +103,8 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
         watchError = error ?? new Error('the watch ended');
       },
     );
-  // Right after the CRDs are established the API server answers watches with 429 for a few
-  // seconds: start over until a watch has lived for a second, before any object is created.
-  let watch: AbortController;
-  for (let attempt = 1; ; attempt += 1) {
-    ownWatchEvents = 0;
-    watchError = undefined;
-    watch = await startWatch();
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    if (watchError === undefined) break;
-    watch.abort();
-    if (attempt === 30) throw new Error(`scale: the bench cannot watch: ${String(watchError)}`);
-  }
+  // run.ts has waited until the API server serves these watches (untilWatchable).
+  const watch = await startWatch();
 
   const auditStart = ctx.cluster.auditEvents().length;
   const vps = volumeProvisions(ctx.admin, ctx.namespace);

@@ -74,9 +74,14 @@ const isStorageFailure = (error: unknown): boolean =>
 
 export class Provisioner implements Pipeline, CacheControl {
   readonly #deps: ProvisionerDeps;
+  readonly #mirror: { syncIntervalBytes: number; pageCache: PageCache };
 
   constructor(deps: ProvisionerDeps) {
     this.#deps = deps;
+    this.#mirror = deps.mirror ?? {
+      syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES,
+      pageCache: ddPageCache(),
+    };
   }
 
   async provision(request: ProvisionRequest, options: ProvisionOptions): Promise<ProvisionResult> {
@@ -123,10 +128,7 @@ export class Provisioner implements Pipeline, CacheControl {
             isBlockDevice: early.target.isBlockDevice,
             imageBytes: stat.sizeBytes,
             signal,
-            ...(this.#deps.mirror ?? {
-              syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES,
-              pageCache: ddPageCache(),
-            }),
+            ...this.#mirror,
             onDetach: (reason) =>
               options.logger?.info({ reason }, 'stopped writing the raw image while downloading'),
           })
