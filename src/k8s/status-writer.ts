@@ -33,6 +33,8 @@ interface Entry<S> {
   written: S | undefined;
   wanted: S;
   lastWriteAt: number;
+  /** Writes started and not yet settled; their time of landing is not known yet. */
+  writesInFlight: number;
   cancelTimer: (() => void) | undefined;
   chain: Promise<void>;
 }
@@ -63,6 +65,7 @@ export class StatusWriter<S extends object> {
       written: status,
       wanted: status ?? ({} as S),
       lastWriteAt: Number.NEGATIVE_INFINITY,
+      writesInFlight: 0,
       cancelTimer: undefined,
       chain: Promise.resolve(),
     });
@@ -77,7 +80,10 @@ export class StatusWriter<S extends object> {
     const entry = this.#entries.get(ref.uid) as Entry<S>;
     entry.wanted = wanted;
     if (!mergePatch(entry.written, wanted)) return;
-    const wait = entry.lastWriteAt + this.#options.intervalMs - this.#clock.now();
+    const now = this.#clock.now();
+    // A write still on its way counts as made now, so the next one waits a full interval.
+    const lastWriteAt = entry.writesInFlight > 0 ? now : entry.lastWriteAt;
+    const wait = lastWriteAt + this.#options.intervalMs - now;
     if (options.immediate || wait <= 0) {
       await this.#write(entry);
     } else if (!entry.cancelTimer) {
@@ -102,26 +108,35 @@ export class StatusWriter<S extends object> {
   #write(entry: Entry<S>): Promise<void> {
     entry.cancelTimer?.();
     entry.cancelTimer = undefined;
+    entry.writesInFlight += 1;
     entry.chain = entry.chain.then(async () => {
-      if (this.#entries.get(entry.ref.uid) !== entry) return;
-      const wanted = entry.wanted;
-      const patch = mergePatch(entry.written, wanted);
-      if (!patch) return;
       try {
-        // metadata.uid makes the patch conditional: it never lands on a recreated namesake.
-        await this.#api.patchStatus(entry.ref, { metadata: { uid: entry.ref.uid }, status: patch });
-        entry.written = wanted;
-        entry.lastWriteAt = this.#clock.now();
-      } catch (error) {
-        this.#options.onError?.(entry.ref, error);
-        if (!entry.cancelTimer && this.#entries.get(entry.ref.uid) === entry) {
-          entry.cancelTimer = this.#clock.schedule(() => {
-            entry.cancelTimer = undefined;
-            void this.#write(entry);
-          }, this.#options.intervalMs);
-        }
+        await this.#patchWanted(entry);
+      } finally {
+        entry.writesInFlight -= 1;
       }
     });
     return entry.chain;
+  }
+
+  async #patchWanted(entry: Entry<S>): Promise<void> {
+    if (this.#entries.get(entry.ref.uid) !== entry) return;
+    const wanted = entry.wanted;
+    const patch = mergePatch(entry.written, wanted);
+    if (!patch) return;
+    try {
+      // metadata.uid makes the patch conditional: it never lands on a recreated namesake.
+      await this.#api.patchStatus(entry.ref, { metadata: { uid: entry.ref.uid }, status: patch });
+      entry.written = wanted;
+      entry.lastWriteAt = this.#clock.now();
+    } catch (error) {
+      this.#options.onError?.(entry.ref, error);
+      if (!entry.cancelTimer && this.#entries.get(entry.ref.uid) === entry) {
+        entry.cancelTimer = this.#clock.schedule(() => {
+          entry.cancelTimer = undefined;
+          void this.#write(entry);
+        }, this.#options.intervalMs);
+      }
+    }
   }
 }

@@ -84,6 +84,34 @@ describe('StatusWriter', () => {
     });
   });
 
+  it('counts a write still in flight as made, so a change meanwhile waits a full interval', async () => {
+    const clock = new FakeClock();
+    const patches: object[] = [];
+    let land = () => {};
+    const landed = new Promise<void>((resolve) => {
+      land = resolve;
+    });
+    const api = {
+      async patchStatus(_ref: ObjectRef, patch: object) {
+        if (patches.length === 0) await landed;
+        patches.push(patch);
+      },
+    };
+    const writer = new StatusWriter(api, { intervalMs: 5_000, clock });
+    const first = writer.set(ref, { stage: 'Queued', queuePosition: 3 }, { immediate: true });
+    await flush(); // the first patch is on its way
+    const second = writer.set(ref, { stage: 'Queued', queuePosition: 2 }, { immediate: false });
+    land();
+    await Promise.all([first, second]);
+    await flush();
+    assert.deepEqual(patches, [
+      { metadata: { uid: 'uid-1' }, status: { stage: 'Queued', queuePosition: 3 } },
+    ]);
+    clock.advance(5_000);
+    await flush();
+    assert.deepEqual(patches[1], { metadata: { uid: 'uid-1' }, status: { queuePosition: 2 } });
+  });
+
   it('retries a failed write after the interval', async () => {
     const clock = new FakeClock();
     const { api, patches } = recordingApi(1);
