@@ -665,6 +665,7 @@ describe('download', { timeout: 180_000 }, () => {
     const content = randomBytes(MiB + 5);
     let server: TestServer;
     let caBundle: string;
+    let tlsConnections = 0;
 
     before(async () => {
       const dir = emptyFolder('tls');
@@ -675,6 +676,9 @@ describe('download', { timeout: 180_000 }, () => {
         { key: readFileSync(certificate.key), cert: readFileSync(certificate.cert) },
         (req, res) => serveRange(content, req, res),
       );
+      https.on('secureConnection', () => {
+        tlsConnections += 1;
+      });
       server = await listen(https, 'https', requests);
     });
     after(async () => {
@@ -688,6 +692,22 @@ describe('download', { timeout: 180_000 }, () => {
         { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
       );
       assert.equal(result.sha256, sha('sha256', content));
+    });
+
+    it('shares one connection between the downloads that trust the same CA', async () => {
+      const folder = emptyFolder('https-reuse');
+      const downloader = createDownloader(testConfig);
+      // A bundle no other test used (one more newline), so no connection is open for it yet.
+      const bundle = `${caBundle}\n`;
+      const before = tlsConnections;
+      for (const name of ['one.raw', 'two.raw']) {
+        await downloader.download(
+          { url: server.url, credentials: { caBundle: bundle } },
+          { destinationPath: join(folder, name), signal: new AbortController().signal },
+        );
+      }
+      // Each download is a stat and a transfer: four requests over one kept-alive connection.
+      assert.equal(tlsConnections - before, 1);
     });
 
     it('fails with SourceTLSFailed without it, leaving no file', async () => {

@@ -16,6 +16,28 @@ import {
 import { redactUrl } from './url.ts';
 
 const MAX_REDIRECTS = 5;
+/** CA bundles whose Agent is kept; Secrets with distinct private CAs are few per node. */
+const MAX_CA_DISPATCHERS = 8;
+const caDispatchers = new Map<string, Agent>();
+
+/**
+ * One Agent per CA bundle, shared by every source that trusts it, so that stat, download and
+ * resumed attempts reuse connections instead of each opening its own and leaving an Agent to
+ * its keep-alive timeout. The least recently used one is dropped past the limit; close() lets
+ * its requests in progress finish.
+ */
+function dispatcherTrusting(caBundle: string): Agent {
+  const existing = caDispatchers.get(caBundle);
+  caDispatchers.delete(caBundle);
+  const agent = existing ?? new Agent({ connect: { ca: trustedCAs(caBundle) } });
+  caDispatchers.set(caBundle, agent);
+  for (const [bundle, oldest] of caDispatchers) {
+    if (caDispatchers.size <= MAX_CA_DISPATCHERS) break;
+    caDispatchers.delete(bundle);
+    void oldest.close();
+  }
+  return agent;
+}
 
 type Response = Dispatcher.ResponseData;
 
@@ -65,8 +87,7 @@ export class HttpSource implements ObjectSource {
 
   constructor(url: URL, options: HttpSourceOptions = {}) {
     this.#url = url;
-    const ca = trustedCAs(options.caBundle);
-    this.#dispatcher = ca ? new Agent({ connect: { ca } }) : undefined;
+    this.#dispatcher = options.caBundle === undefined ? undefined : dispatcherTrusting(options.caBundle);
     this.description = options.description ?? redactUrl(url);
   }
 
