@@ -394,3 +394,6 @@ if (scale) {
 }
 writeFileSync(join(projectRoot, 'bench/results/summary.md'), lines.join('\n'));
 console.log(lines.join('\n'));
+// Images, caches and volumes take several times the image size (16 GB at 2 GiB); a failed run
+// never gets here and keeps them with the logs.
+rmSync(workDir, { recursive: true, force: true });
