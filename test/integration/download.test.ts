@@ -517,6 +517,51 @@ describe('download', { timeout: 180_000 }, () => {
       }
     });
 
+    it('given its stat, asks the server nothing more before the transfer', async () => {
+      const server = await startHttpServer((req, res) => serveRange(content, req, res));
+      try {
+        const folder = emptyFolder('http-statted');
+        const downloader = createDownloader(testConfig);
+        const signal = new AbortController().signal;
+        const stat = await downloader.stat({ url: server.url }, signal);
+        assert.deepEqual(server.requests, [{ range: 'bytes=0-0', ifRange: undefined }]);
+        const result = await downloader.download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal, stat },
+        );
+        assert.equal(result.sha256, sha('sha256', content));
+        assert.deepEqual(server.requests.slice(1), [{ range: undefined, ifRange: undefined }]);
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('fails with SourceChanged when the object changed after the stat it was given, leaving no file', async () => {
+      const replaced = randomBytes(content.length);
+      const server = await startHttpServer((req, res, requestNumber) => {
+        if (requestNumber === 1) return serveRange(content, req, res);
+        res.writeHead(200, { etag: '"v2"', 'content-length': replaced.length });
+        res.end(replaced);
+      });
+      try {
+        const folder = emptyFolder('http-statted-changed');
+        const downloader = createDownloader(testConfig);
+        const signal = new AbortController().signal;
+        const stat = await downloader.stat({ url: server.url }, signal);
+        const error = await rejectsWith(
+          downloader.download(
+            { url: server.url },
+            { destinationPath: join(folder, 'disk.raw'), signal, stat },
+          ),
+          'SourceChanged',
+        );
+        assert.match(error.message, /"v1" became "v2"/);
+        assert.deepEqual(readdirSync(folder), []);
+      } finally {
+        await server.close();
+      }
+    });
+
     it('refuses a source that sends far more bytes than it announced (SourceChanged), leaving no file', async () => {
       // The size check answers 1 MiB; the body then streams 16 MiB without a length.
       const server = await startHttpServer((req, res) => {

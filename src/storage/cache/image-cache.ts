@@ -335,6 +335,7 @@ export class ImageCache {
           for (const waiter of shared.waiters) waiter.onProgress?.(bytesDone, bytesTotal);
         },
         ...(mirror ? { mirror } : {}),
+        stat,
       });
       this.#rates?.record('download', result.sizeBytes, (this.#clock.now() - startedAt) / 1000);
       // From here to the last resolve nothing awaits: no eviction can come between the commit

@@ -73,6 +73,12 @@ export interface DownloadOptions {
   onProgress?: (progress: DownloadProgress) => void;
   /** Gets every batch of received bytes too, at the same offset (see DownloadMirror). */
   mirror?: DownloadMirror;
+  /**
+   * What `stat` returned for this source. The download then asks the server nothing more
+   * before the transfer, and an object that changed since fails with SourceChanged, so the
+   * caller never files new content under the old stat.
+   */
+  stat?: SourceStat;
 }
 
 /**
@@ -96,6 +102,8 @@ export interface SourceStat {
   /** The source as messages name it, without secrets. */
   description: string;
   sizeBytes: number;
+  /** The object's ETag or Last-Modified, when the server gives one. */
+  version?: string;
   /** What the download will verify: the spec's checksum, else the `.sha256` object, else none. */
   expectedChecksum?: ExpectedChecksum;
 }
@@ -136,6 +144,7 @@ export function createDownloader(config: DownloaderConfig = {}): Downloader {
       return {
         description: objectSource.description,
         sizeBytes: info.sizeBytes,
+        ...(info.version !== undefined ? { version: info.version } : {}),
         ...(expected ? { expectedChecksum: expected } : {}),
       };
     },
@@ -166,12 +175,24 @@ async function statSource(source: DownloadSource, signal: AbortSignal, settings:
   return { objectSource, info, expected: specChecksum ?? info.sidecar };
 }
 
+/** The download's view of an earlier stat, as statSource would have returned it. */
+function statted(source: DownloadSource, stat: SourceStat, settings: Settings) {
+  const { sizeBytes, version, expectedChecksum } = stat;
+  return {
+    objectSource: objectSourceFor(source, settings.s3Endpoint),
+    info: version === undefined ? { sizeBytes } : { sizeBytes, version },
+    expected: expectedChecksum,
+  };
+}
+
 async function download(
   source: DownloadSource,
-  { destinationPath, signal, onProgress, mirror }: DownloadOptions,
+  { destinationPath, signal, onProgress, mirror, stat }: DownloadOptions,
   settings: Settings,
 ): Promise<DownloadResult> {
-  const { objectSource, info, expected } = await statSource(source, signal, settings);
+  const { objectSource, info, expected } = stat
+    ? statted(source, stat, settings)
+    : await statSource(source, signal, settings);
   const folder = dirname(destinationPath);
   await ensureFreeSpace(folder, info.sizeBytes, objectSource.description);
 
