@@ -82,7 +82,7 @@ export interface HttpSourceOptions {
 export class HttpSource implements ObjectSource {
   readonly description: string;
   readonly #url: URL;
-  /** undici's shared dispatcher, unless the source trusts its own CAs. */
+  /** undici's global dispatcher, or the one shared by every source trusting the same CA bundle. */
   readonly #dispatcher: Dispatcher | undefined;
 
   constructor(url: URL, options: HttpSourceOptions = {}) {
