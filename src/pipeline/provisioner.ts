@@ -15,6 +15,7 @@ import {
   type DownloadSource,
   ddPageCache,
   type PageCache,
+  TrailingEviction,
 } from '../storage/download/index.ts';
 import { type LibvirtPools, virshPools } from '../storage/libvirt/virsh.ts';
 import { LvmCommand } from '../storage/lvm/command.ts';
@@ -62,8 +63,11 @@ export interface ProvisionerDeps {
   /** Measured stage rates: read at the start of each job, fed after each conversion. */
   rates?: StageRateSource;
   metrics?: PipelineMetrics;
-  /** How a raw image's target is written while it downloads; by default like a download. */
-  mirror?: { syncIntervalBytes: number; pageCache: PageCache };
+  /**
+   * How often a target's page cache is flushed and evicted, when a raw image is written into it
+   * while it downloads or qemu-img converts into a file; by default as often as a download's.
+   */
+  pageCache?: { syncIntervalBytes: number; pageCache: PageCache };
 }
 
 /** Failures of the node's cache folder itself, as opposed to the source or the transfer. */
@@ -74,11 +78,11 @@ const isStorageFailure = (error: unknown): boolean =>
 
 export class Provisioner implements Pipeline, CacheControl {
   readonly #deps: ProvisionerDeps;
-  readonly #mirror: { syncIntervalBytes: number; pageCache: PageCache };
+  readonly #pageCache: { syncIntervalBytes: number; pageCache: PageCache };
 
   constructor(deps: ProvisionerDeps) {
     this.#deps = deps;
-    this.#mirror = deps.mirror ?? {
+    this.#pageCache = deps.pageCache ?? {
       syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES,
       pageCache: ddPageCache(),
     };
@@ -128,7 +132,7 @@ export class Provisioner implements Pipeline, CacheControl {
             isBlockDevice: early.target.isBlockDevice,
             imageBytes: stat.sizeBytes,
             signal,
-            ...this.#mirror,
+            ...this.#pageCache,
             onDetach: (reason) =>
               options.logger?.info({ reason }, 'stopped writing the raw image while downloading'),
           })
@@ -203,6 +207,14 @@ export class Provisioner implements Pipeline, CacheControl {
         return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: false };
       }
       onProgress(tracker.report('Converting', 0, info.virtualSize));
+      // qemu-img flushes a file target as it writes, but leaves its pages cached (qemu-img.ts).
+      const eviction = target.isBlockDevice
+        ? undefined
+        : new TrailingEviction(
+            this.#pageCache.pageCache,
+            target.writePath,
+            this.#pageCache.syncIntervalBytes,
+          );
       await inSpan('PopulateVolume', populate, async () => {
         const convertStart = clock.now();
         try {
@@ -217,11 +229,14 @@ export class Provisioner implements Pipeline, CacheControl {
                 const seconds = (clock.now() - convertStart) / 1000;
                 const bytes = (percent / 100) * info.virtualSize;
                 if (seconds > 0) metrics.stageThroughput('convert', bytes / seconds);
+                eviction?.progressed(bytes);
                 onProgress(tracker.report('Converting', bytes, info.virtualSize));
               },
             }),
           );
+          await eviction?.finish();
         } catch (error) {
+          await eviction?.idle();
           await target.discard();
           throw error;
         }
@@ -353,7 +368,8 @@ export async function createPipeline(
   logger: Logger,
   metrics: PipelineMetrics = noopPipelineMetrics,
 ): Promise<Pipeline & CacheControl> {
-  // One for downloads and targets written while downloading: a missing dd is logged once.
+  // One for downloads and the targets written while downloading or converting: a missing dd
+  // is logged once.
   const pageCache = ddPageCache((message) => logger.warn(message));
   const downloader = tracedDownloader(
     createDownloader({
@@ -383,7 +399,7 @@ export async function createPipeline(
     rates,
     metrics,
     downloader,
-    mirror: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
+    pageCache: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
     cache,
     qemuImg: createQemuImg(),
     targets: {

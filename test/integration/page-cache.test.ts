@@ -8,10 +8,9 @@ import { describe, it } from 'node:test';
 import { ddPageCache } from '../../src/storage/download/pageCache.ts';
 import { projectRoot } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { residentBytes } from '../support/page-cache.ts';
 
 const MiB = 1024 * 1024;
-const residentBytes = (path: string): number =>
-  Number(execFileSync('fincore', ['--noheadings', '--bytes', '--output', 'RES', path], { encoding: 'utf8' }));
 
 /** A file of `mib` MiB, written, flushed and read back, so that it sits in the page cache. */
 function cachedFile(dir: string, name: string, mib: number): string {

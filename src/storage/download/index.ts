@@ -22,7 +22,7 @@ export {
   PARTIAL_FILE_PREFIX,
 } from './download.ts';
 export type { PageCache } from './pageCache.ts';
-export { ddPageCache } from './pageCache.ts';
+export { ddPageCache, TrailingEviction } from './pageCache.ts';
 export { DownloadReason } from './reasons.ts';
 export type { S3Endpoint, SourceLocation } from './url.ts';
 export { parseS3Endpoint, parseSourceUrl, redactUrl } from './url.ts';

@@ -125,3 +125,43 @@ export function ddPageCache(onUnavailable: (message: string) => void = () => {})
     },
   };
 }
+
+/**
+ * Keeps the page cache of a file that another process writes (qemu-img into a file target)
+ * from growing with the image: evicts it each time the writer reports `intervalBytes` more
+ * progress, one eviction at a time. Only clean pages go, so it is for a writer that flushes as
+ * it goes.
+ */
+export class TrailingEviction {
+  readonly #pageCache: PageCache;
+  readonly #path: string;
+  readonly #intervalBytes: number;
+  #evictedAt = 0;
+  #running: Promise<void> | undefined;
+
+  constructor(pageCache: PageCache, path: string, intervalBytes: number) {
+    this.#pageCache = pageCache;
+    this.#path = path;
+    this.#intervalBytes = intervalBytes;
+  }
+
+  /** The writer has written `bytes` from the start. */
+  progressed(bytes: number): void {
+    if (this.#running || bytes - this.#evictedAt < this.#intervalBytes) return;
+    this.#evictedAt = bytes;
+    this.#running = this.#pageCache.evict(this.#path).finally(() => {
+      this.#running = undefined;
+    });
+  }
+
+  /** Resolves when no eviction runs. Call it before removing the file: dd would create it anew. */
+  async idle(): Promise<void> {
+    await this.#running;
+  }
+
+  /** Evicts what the writer left, once it has finished. */
+  async finish(): Promise<void> {
+    await this.idle();
+    await this.#pageCache.evict(this.#path);
+  }
+}
