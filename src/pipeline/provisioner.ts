@@ -22,6 +22,7 @@ import { LvmCommand } from '../storage/lvm/command.ts';
 import { LvmVolumeManager } from '../storage/lvm/volumes.ts';
 import { inspectImage } from '../storage/qemu-img/inspect.ts';
 import { createQemuImg, type QemuImg } from '../storage/qemu-img/qemu-img.ts';
+import { rememberingInspections } from '../storage/qemu-img/remembered.ts';
 import { StateDatabase } from '../storage/state/database.ts';
 import { StageRateStore } from '../storage/state/stage-rates.ts';
 import { type Logger, redactUrlText } from '../telemetry/logger.ts';
@@ -401,7 +402,7 @@ export async function createPipeline(
     downloader,
     pageCache: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
     cache,
-    qemuImg: createQemuImg(),
+    qemuImg: rememberingInspections(createQemuImg()),
     targets: {
       file: new FileTargets({ dir: config.fileTargetDir, stateDir: config.stateDir }),
       lvm: new LvmTargets({
