@@ -223,7 +223,9 @@ export class Reconciler {
       'Initializing',
       { reason: 'Initializing', message: 'Reading the source credentials' },
     );
-    await this.#setStatus(object, status, true);
+    // Not awaited: the job's first steps need not wait for a round trip to the API server,
+    // and the writer keeps this object's writes in order.
+    void this.#setStatus(object, status, true);
     logger.info({ attempts }, 'job started');
     try {
       const credentials = await readSourceCredentials(this.#deps.secrets, ref.namespace, object.spec.source);

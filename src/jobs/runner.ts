@@ -95,8 +95,10 @@ export class JobRunner {
     const before = this.#waiting.findIndex((waiting) => compareRanks(rank, waiting.rank) < 0);
     if (before === -1) this.#waiting.push(job);
     else this.#waiting.splice(before, 0, job);
-    this.#observer.queueChanged?.(this.#waitingKeys());
     this.#startNext();
+    // Only now: a job that started at once was never waiting, and must not be shown queued
+    // (its object would get a Queued status write just before its Initializing one).
+    if (this.#waiting.includes(job)) this.#observer.queueChanged?.(this.#waitingKeys());
     return true;
   }
 

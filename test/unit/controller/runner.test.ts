@@ -117,6 +117,26 @@ describe('JobRunner', () => {
     assert.ok(orders.some((order) => order.join() === 'b,c'));
   });
 
+  it('never reports a job waiting that started at once', async () => {
+    const orders: string[][] = [];
+    const runner = new JobRunner(1, { queueChanged: (waiting) => orders.push([...waiting]) });
+    const a = controllableTask([], 'a');
+    runner.submit('a', a.task);
+    assert.ok(
+      !orders.some((order) => order.includes('a')),
+      `a was reported waiting: ${JSON.stringify(orders)}`,
+    );
+    runner.submit('b', controllableTask([], 'b').task);
+    assert.deepEqual(orders.at(-1), ['b']);
+    a.release();
+    await tick();
+    assert.ok(
+      orders.filter((order) => order.includes('b')).length === 1,
+      'b was reported once, then started',
+    );
+    await runner.shutDown();
+  });
+
   it('rejects a slot count that is not a positive integer', () => {
     assert.throws(() => new JobRunner(0), /positive integer/);
   });
