@@ -4,6 +4,7 @@
 // when every chunk was dropped at once; undici's peak was 26-44 MB at the same speed.
 import { Agent, type Dispatcher, request } from 'undici';
 import { PipelineError } from '../../pipeline/types.ts';
+import { LruMap } from '../../util/lru.ts';
 import { DownloadReason } from './reasons.ts';
 import {
   type ObjectBody,
@@ -18,24 +19,19 @@ import { redactUrl } from './url.ts';
 const MAX_REDIRECTS = 5;
 /** CA bundles whose Agent is kept; Secrets with distinct private CAs are few per node. */
 const MAX_CA_DISPATCHERS = 8;
-const caDispatchers = new Map<string, Agent>();
+// close() lets a dropped Agent's requests in progress finish.
+const caDispatchers = new LruMap<string, Agent>(MAX_CA_DISPATCHERS, (agent) => void agent.close());
 
 /**
  * One Agent per CA bundle, shared by every source that trusts it, so that stat, download and
  * resumed attempts reuse connections instead of each opening its own and leaving an Agent to
- * its keep-alive timeout. The least recently used one is dropped past the limit; close() lets
- * its requests in progress finish.
+ * its keep-alive timeout.
  */
 function dispatcherTrusting(caBundle: string): Agent {
   const existing = caDispatchers.get(caBundle);
-  caDispatchers.delete(caBundle);
-  const agent = existing ?? new Agent({ connect: { ca: trustedCAs(caBundle) } });
+  if (existing) return existing;
+  const agent = new Agent({ connect: { ca: trustedCAs(caBundle) } });
   caDispatchers.set(caBundle, agent);
-  for (const [bundle, oldest] of caDispatchers) {
-    if (caDispatchers.size <= MAX_CA_DISPATCHERS) break;
-    caDispatchers.delete(bundle);
-    void oldest.close();
-  }
   return agent;
 }
 

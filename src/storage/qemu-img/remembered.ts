@@ -5,11 +5,12 @@
 // stays the same, which a cached image's does: it is renamed into place and never written.
 import { stat } from 'node:fs/promises';
 import type { ImageFormat } from '../../api/v1alpha1.ts';
+import { LruMap } from '../../util/lru.ts';
 import type { QemuImg } from './qemu-img.ts';
 
 /** Results for the `capacity` files inspected last; conversions pass straight through. */
 export function rememberingInspections(qemuImg: QemuImg, capacity = 64): QemuImg {
-  const results = new Map<string, { identity: string; result: unknown }>();
+  const results = new LruMap<string, { identity: string; result: unknown }>(capacity);
 
   async function remembered<T>(
     operation: string,
@@ -20,22 +21,11 @@ export function rememberingInspections(qemuImg: QemuImg, capacity = 64): QemuImg
     const key = `${operation} ${format} ${path}`;
     const identity = await identityOf(path);
     const known = results.get(key);
-    if (identity !== undefined && known?.identity === identity) {
-      // Most recently used last, so the oldest goes first.
-      results.delete(key);
-      results.set(key, known);
-      return known.result as T;
-    }
+    if (identity !== undefined && known?.identity === identity) return known.result as T;
     const result = await inspect();
     // Not if the file changed while qemu-img read it: the result may describe either version.
-    if (identity !== undefined && (await identityOf(path)) === identity) {
-      results.delete(key);
+    if (identity !== undefined && (await identityOf(path)) === identity)
       results.set(key, { identity, result });
-      for (const oldest of results.keys()) {
-        if (results.size <= capacity) break;
-        results.delete(oldest);
-      }
-    }
     return result;
   }
 
