@@ -150,7 +150,10 @@ install_prometheus_operator_crds() {
 main() {
   local only=${1:-all}
   local total=$SECONDS
-  if [ "$only" = all ] || [ "$only" = debian ]; then install_debian_packages; fi
+  if [ "$only" = all ] || [ "$only" = debian ]; then
+    install_debian_packages
+    timed "user-mode-linux" bash "$here/install-uml.sh"
+  fi
   if [ "$only" = all ] || [ "$only" = go ]; then
     if [ -z "${KUBEBUILDER_ASSETS:-}" ] || [ ! -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]; then
       build_go_tool etcd "$LVP_ETCD_VERSION" build_etcd

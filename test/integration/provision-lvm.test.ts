@@ -3,7 +3,7 @@
 // (fixtures/provision-lvm/provision-scenarios.ts) and records what happened; each test below
 // judges one scenario. Real in the guest: ImageCache, qemu-img (-t none -T none into the LV),
 // LvmTargets/LvmVolumeManager/LvmCommand, virsh (libvirt's test driver), and the Downloader,
-// which fetches each image from the host's real MinIO over the guest's slirp network.
+// which fetches each image from a real MinIO that the guest script starts on its loopback.
 //
 // The cache sits on an ext4 scratch disk outside the VG: qemu-img reads it with O_DIRECT
 // (-T none), which neither hostfs (the guest's root) nor tmpfs supports.
@@ -12,10 +12,9 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import type { ProgressReport } from '../../src/pipeline/types.ts';
-import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { runInUml } from '../rig/uml.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { errorOf, type LvRow, type Outcome, scenarioOf, successValue } from '../support/uml-scenarios.ts';
@@ -86,7 +85,6 @@ const images = {
 };
 
 let results: Record<string, Record<string, unknown>> = {};
-let minio: MinioServer | undefined;
 
 const scenario = (name: string) => scenarioOf(results, name);
 const outcomeOf = (result: Record<string, unknown>, key = 'result') => result[key] as Outcome;
@@ -118,25 +116,14 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     const largePath = join(workDir, 'large.raw');
     images.large.sha256 = writeRandomImage(largePath, images.large.sizeBytes);
 
-    minio = await startMinio(join(workDir, 'minio'));
-    const client = minio.client();
-    await client.makeBucket('images');
-    const objects = { 'image.qcow2': qcow2Path, 'image.raw': rawPath, 'large.raw': largePath };
-    for (const [key, path] of Object.entries(objects)) await client.fPutObject('images', key, path);
-
     const guest = await runInUml({
       workDir,
       script: 'test/integration/fixtures/provision-lvm/provision-scenarios.ts',
-      args: Object.keys(objects).map((key) => `s3://images/${key}`),
-      network: true,
-      env: {
-        LVP_TEST_S3_PORT: String(minio.port),
-        LVP_TEST_S3_ACCESS_KEY: minio.accessKey,
-        LVP_TEST_S3_SECRET_KEY: minio.secretKey,
-      },
-      // 448 MiB of VG for 44 + 24 + 8 + 256 MiB of LVs; the cache (≈ 300 MiB) on its own disk.
+      args: [qcow2Path, rawPath, largePath],
+      // 448 MiB of VG for 44 + 24 + 8 + 256 MiB of LVs; the cache (≈ 300 MiB) and MinIO's
+      // copies of the images on disks of their own.
       disksMiB: [448],
-      scratchDisksMiB: [512],
+      scratchDisksMiB: [512, 512],
       volumeGroup: VG,
       memoryMiB: 768,
       timeoutMs: 360_000,
@@ -144,7 +131,6 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     results = JSON.parse(readFileSync(join(guest.outDir, 'scenarios.json'), 'utf8'));
     assert.equal(guest.exitCode, 0, `guest script failed:\n${guest.stderr}`);
   });
-  after(() => minio?.stop());
 
   it('provisions a qcow2 image into a tagged, extent-rounded LV byte for byte, with rising progress', () => {
     const result = scenario('provision-qcow2');

@@ -74,6 +74,22 @@ export function systemTool(name: string): string {
   throw new Error(`${name} is not installed; ${installHint}`);
 }
 
+/** User-mode Linux as scripts/rig/install-uml.sh unpacked it: the kernel, and its modules' root. */
+export function umlKernel(): { binary: string; modulesDir: string } {
+  const hint = 'run `bash scripts/rig/install-tools.sh debian`';
+  let version: string;
+  try {
+    version = readFileSync(join(toolsDir(), 'bin', 'uml.version'), 'utf8').trim();
+  } catch {
+    throw new Error(`user-mode-linux is not installed in ${toolsDir()}; ${hint}`);
+  }
+  const folder = join(toolsDir(), 'bin', `uml-${version}`);
+  const binary = join(folder, 'linux.uml');
+  if (!executable(binary))
+    throw new Error(`user-mode-linux ${version} is not installed at ${binary}; ${hint}`);
+  return { binary, modulesDir: join(folder, 'root/usr/lib/uml/modules') };
+}
+
 /** The OTLP/gRPC receiver built by scripts/rig/install-otlp-receiver.sh (which records its version). */
 export function otlpReceiverTool(): string {
   const hint = 'run `bash scripts/rig/install-otlp-receiver.sh`';

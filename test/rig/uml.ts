@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ManagedProcess } from './processes.ts';
-import { projectRoot, systemTool } from './tools.ts';
+import { projectRoot, toolsDir, umlKernel } from './tools.ts';
 
 export interface UmlRunOptions {
   /** A host folder for the guest's disks, memory file and results; it must not be a tmpfs the guest hides. */
@@ -22,12 +22,6 @@ export interface UmlRunOptions {
    */
   scratchDisksMiB?: readonly number[];
   volumeGroup?: string;
-  /**
-   * Gives the guest a network through slirp (user-mode NAT, no privileges): 10.0.2.2 in the
-   * guest is the host's 127.0.0.1, so a script reaches the rig's servers there, e.g. MinIO.
-   * $LVP_UML_HOST holds that address.
-   */
-  network?: boolean;
   env?: Readonly<Record<string, string>>;
   memoryMiB?: number;
   timeoutMs?: number;
@@ -42,9 +36,6 @@ export interface UmlResult {
   outDir: string;
 }
 
-/** slirp's alias for the host: connections to it reach the host's loopback. */
-const SLIRP_HOST_ADDRESS = '10.0.2.2';
-
 const shellQuote = (value: string): string => `'${value.replaceAll("'", `'\\''`)}'`;
 
 type UmlSettings = UmlRunOptions &
@@ -52,7 +43,7 @@ type UmlSettings = UmlRunOptions &
 
 const ubdDevice = (index: number): string => `/dev/ubd${String.fromCharCode(97 + index)}`;
 
-function initScript(options: UmlSettings, outDir: string): string {
+function initScript(options: UmlSettings, outDir: string, modulesDir: string): string {
   const node = join(projectRoot, 'node_modules/.bin/node');
   const disks = options.disksMiB.map((_, index) => ubdDevice(index));
   const scratch = options.scratchDisksMiB.map((_, index) => ({
@@ -63,7 +54,8 @@ function initScript(options: UmlSettings, outDir: string): string {
     ...options.env,
     LVP_UML_OUT: '/mnt',
     LVP_UML_VG: options.volumeGroup,
-    ...(options.network ? { LVP_UML_HOST: SLIRP_HOST_ADDRESS } : {}),
+    // The guest's HOME is a tmpfs; the rig's tools (MinIO) are where the host keeps them.
+    LVP_TOOLS_DIR: toolsDir(),
     ...(scratch.length > 0 ? { LVP_UML_SCRATCH: scratch.map(({ mountPoint }) => mountPoint).join(' ') } : {}),
   };
   const command = [node, resolve(projectRoot, options.script), ...(options.args ?? [])]
@@ -78,7 +70,7 @@ mount -t tmpfs tmpfs /run
 mount -t hostfs -o ${shellQuote(outDir)} none /mnt
 exec >/mnt/init.log 2>&1
 set -eux
-busybox insmod /usr/lib/uml/modules/$(uname -r)/kernel/drivers/md/dm-mod.ko
+busybox insmod ${shellQuote(modulesDir)}/$(uname -r)/kernel/drivers/md/dm-mod.ko
 # LVM must not wait for udev, which the guest does not run.
 mkdir -p /run/lvm-etc /run/lock/lvm /run/tmp
 cat >/run/lvm-etc/lvm.conf <<'CONF'
@@ -87,12 +79,8 @@ activation { udev_sync = 0 udev_rules = 0 }
 global { locking_dir = "/run/lock/lvm" }
 CONF
 export LVM_SYSTEM_DIR=/run/lvm-etc DM_DISABLE_UDEV=1 TMPDIR=/run/tmp HOME=/run/tmp
-${
-  options.network
-    ? // slirp speaks SLIP: a point-to-point link without a gateway to name.
-      `busybox ip link set lo up\nbusybox ip link set eth0 up\nbusybox ip addr add 10.0.2.15/24 dev eth0\nbusybox ip route add default dev eth0`
-    : ''
-}
+# Loopback, for servers a script starts in the guest (MinIO).
+busybox ip link set lo up
 pvcreate -q ${disks.join(' ')}
 vgcreate -q ${shellQuote(options.volumeGroup)} ${disks.join(' ')}
 ${scratch
@@ -131,21 +119,23 @@ export async function runInUml(options: UmlRunOptions): Promise<UmlResult> {
     truncateSync(path, sizeMiB * 1024 * 1024);
     return `ubd${index}=${path}`;
   });
+  const kernel = umlKernel();
   const init = join(settings.workDir, 'init.sh');
-  writeFileSync(init, initScript(settings, outDir), { mode: 0o755 });
+  writeFileSync(init, initScript(settings, outDir, kernel.modulesDir), { mode: 0o755 });
 
   const guest = new ManagedProcess({
     name: 'user-mode-linux',
-    command: systemTool('linux.uml'),
+    command: kernel.binary,
     args: [
       `mem=${settings.memoryMiB}M`,
       'rootfstype=hostfs',
       'rootflags=/',
       'ro',
+      // io_uring's shared rings are broken in UML 7.2 (bad page maps, then the process dies);
+      // without it, libuv in Node falls back to its thread pool.
+      'sysctl.kernel.io_uring_disabled=2',
       `init=${init}`,
       ...disks,
-      // slirp-fullbolt: the build without slirp's bandwidth limit.
-      ...(settings.network ? [`eth0=slirp,,${systemTool('slirp-fullbolt')}`] : []),
       'con=null',
       'con0=null,fd:1',
     ],
