@@ -28,6 +28,11 @@ export class LruMap<K, V> {
     }
   }
 
+  /** Forgets `key`; its value is not dropped through onDrop. */
+  delete(key: K): void {
+    this.#entries.delete(key);
+  }
+
   /** A Map iterates in insertion order, so the most recently used goes last. */
   #touch(key: K, value: V): void {
     this.#entries.delete(key);

@@ -11,7 +11,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
+import { type AddressInfo, connect, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { PipelineError } from '../../src/pipeline/types.ts';
@@ -117,14 +117,19 @@ function serveRange(content: Buffer, req: IncomingMessage, res: ServerResponse):
 }
 
 /**
- * A TCP proxy in front of MinIO that breaks the first connection which has carried more than
- * `afterBytes` towards the client: `cut` closes it, `stall` goes silent and keeps it open.
- * It records the requests it forwards.
+ * A TCP proxy in front of MinIO that counts connections and records the requests it forwards.
+ * With a fault, it breaks the first connection which has carried more than `afterBytes`
+ * towards the client: `cut` closes it, `stall` goes silent and keeps it open.
  */
-async function startFaultyProxy(target: MinioServer, fault: 'cut' | 'stall', afterBytes: number) {
-  let armed = true;
+async function startProxy(target: MinioServer, fault?: { kind: 'cut' | 'stall'; afterBytes: number }) {
+  let armed = fault !== undefined;
+  let connections = 0;
   const requestText: string[] = [];
+  const sockets = new Set<Socket>();
   const server = createTcpServer((client) => {
+    connections += 1;
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
     const upstream = connect(target.port, target.host);
     let sent = 0;
     let stalled = false;
@@ -134,9 +139,9 @@ async function startFaultyProxy(target: MinioServer, fault: 'cut' | 'stall', aft
     });
     upstream.on('data', (data: Buffer) => {
       sent += data.length;
-      if (armed && sent > afterBytes) {
+      if (fault && armed && sent > fault.afterBytes) {
         armed = false;
-        if (fault === 'cut') {
+        if (fault.kind === 'cut') {
           client.destroy();
           upstream.destroy();
           return;
@@ -154,9 +159,17 @@ async function startFaultyProxy(target: MinioServer, fault: 'cut' | 'stall', aft
   const { port } = server.address() as AddressInfo;
   return {
     endpoint: `http://127.0.0.1:${port}`,
-    faulted: () => !armed,
+    faulted: () => fault !== undefined && !armed,
+    connections: () => connections,
+    /** Each request's first line, as `GET /bucket/key?query`. */
+    requests: () => requestText.flatMap((text) => /^([A-Z]+ \S+) HTTP\/1\.1\r$/m.exec(text)?.[1] ?? []),
     ranges: () => requestText.flatMap((text) => /^range: (.*)$/im.exec(text)?.[1]?.trim() ?? []),
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    /** Also ends kept-alive connections, which would hold close() until their idle timeout. */
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      }),
   };
 }
 
@@ -377,7 +390,7 @@ describe('download', { timeout: 180_000 }, () => {
     });
 
     it('resumes an S3 download with a Range request after the connection is cut', async () => {
-      const proxy = await startFaultyProxy(minio, 'cut', 2 * MiB);
+      const proxy = await startProxy(minio, { kind: 'cut', afterBytes: 2 * MiB });
       try {
         const folder = emptyFolder('s3-resume');
         const result = await createDownloader({
@@ -393,6 +406,46 @@ describe('download', { timeout: 180_000 }, () => {
         const resumedAt = proxy.ranges().map((range) => Number(/^bytes=(\d+)-$/.exec(range)?.[1]));
         assert.equal(resumedAt.length, 1, `ranges: ${proxy.ranges()}`);
         assert.ok((resumedAt[0] ?? 0) > 0 && (resumedAt[0] ?? 0) <= 2 * MiB, `resumed at ${resumedAt[0]}`);
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('makes the S3 calls of successive downloads over one kept-alive connection, asking the region once', async () => {
+      const proxy = await startProxy(minio);
+      try {
+        const folder = emptyFolder('s3-connections');
+        const config = { ...testConfig, s3Endpoint: { url: proxy.endpoint } };
+        for (const name of ['one.raw', 'two.raw']) {
+          const result = await createDownloader(config).download(
+            { url: `s3://${BUCKET}/disks/sidecar.raw`, credentials: credentials() },
+            { destinationPath: join(folder, name), signal: new AbortController().signal },
+          );
+          assert.equal(result.sha256, sha('sha256', sidecarred));
+        }
+        const requests = proxy.requests();
+        // Each download states the object and its sidecar, reads the sidecar and presigns.
+        assert.equal(requests.filter((line) => line.startsWith('HEAD ')).length, 4, requests.join('\n'));
+        assert.equal(requests.filter((line) => line.endsWith('?location')).length, 1, requests.join('\n'));
+        // The minio client's calls share one connection; the bodies go through undici's own.
+        assert.equal(proxy.connections(), 2, requests.join('\n'));
+      } finally {
+        await proxy.close();
+      }
+    });
+
+    it('ends an S3 call that gets no answer when the job is aborted', async () => {
+      const proxy = await startProxy(minio, { kind: 'stall', afterBytes: 0 });
+      try {
+        const controller = new AbortController();
+        const reason = new Error('VolumeProvision deleted');
+        setTimeout(() => controller.abort(reason), 200);
+        const stat = createDownloader({ ...testConfig, s3Endpoint: { url: proxy.endpoint } }).stat(
+          { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+          controller.signal,
+        );
+        await assert.rejects(stat, (error) => error === reason);
+        assert.ok(proxy.faulted(), 'the proxy held back the answer');
       } finally {
         await proxy.close();
       }
@@ -435,7 +488,7 @@ describe('download', { timeout: 180_000 }, () => {
     });
 
     it('cuts a stalled S3 transfer after the stall timeout and resumes it', async () => {
-      const proxy = await startFaultyProxy(minio, 'stall', 2 * MiB);
+      const proxy = await startProxy(minio, { kind: 'stall', afterBytes: 2 * MiB });
       try {
         const folder = emptyFolder('s3-stall');
         const config = { ...testConfig, stallTimeoutMs: 300, s3Endpoint: { url: proxy.endpoint } };

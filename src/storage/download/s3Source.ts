@@ -1,11 +1,12 @@
 // An object in an S3-compatible endpoint (MinIO), path-style. The minio client states the
 // object, reads the checksum sidecar and signs; the object's body is read from a presigned
 // URL by HttpSource, whose transport holds far less memory than the client's node:http.
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
+import * as http from 'node:http';
+import * as https from 'node:https';
 import { Client, S3Error } from 'minio';
 import type { SourceCredentials } from '../../pipeline/types.ts';
 import { PipelineError } from '../../pipeline/types.ts';
+import { LruMap } from '../../util/lru.ts';
 import { parseSha256Sidecar } from './checksum.ts';
 import { HttpSource } from './httpSource.ts';
 import { DownloadReason } from './reasons.ts';
@@ -35,10 +36,43 @@ const RETRYABLE = new Set([
   'RequestTimeout',
   'XMinioServerNotInitialized',
 ]);
+/** What S3 answers a request signed for the wrong region (HEAD answers carry only a status). */
+const WRONG_REGION = new Set([
+  'AuthorizationHeaderMalformed',
+  'PermanentRedirect',
+  'MovedPermanently',
+  'BadRequest',
+]);
 /** A real sidecar is one sha256sum line; anything bigger is not one. */
 const MAX_SIDECAR_BYTES = 4096;
 /** A presigned URL serves one GET that starts at once; S3 checks the expiry only at its start. */
 const PRESIGNED_URL_SECONDS = 15 * 60;
+/** As Node's global agent: shorter than S3's and MinIO's own idle timeouts, so a reused connection is not one the server is closing. */
+const IDLE_CONNECTION_MS = 5_000;
+
+/**
+ * Kept-alive agents per protocol and CA bundle, shared by every call and job: a job's stat,
+ * sidecar read and presign, and the next job's, reuse one connection instead of opening (and
+ * against a remote S3, handshaking TLS) one each. An agent dropped from here is only forgotten:
+ * its idle connections close on their own after IDLE_CONNECTION_MS.
+ */
+const agents = new LruMap<string, http.Agent>(8);
+/**
+ * Bucket regions per endpoint. Without a configured region, minio asks a bucket's region once
+ * per client, and a client lives for one call; this keeps the answer across calls.
+ */
+const regions = new LruMap<string, string>(64);
+
+function sharedAgent(useSSL: boolean, caBundle: string | undefined): http.Agent {
+  const key = `${useSSL} ${caBundle ?? ''}`;
+  const existing = agents.get(key);
+  if (existing) return existing;
+  const options = { keepAlive: true, timeout: IDLE_CONNECTION_MS };
+  const ca = trustedCAs(caBundle);
+  const agent = useSSL ? new https.Agent(ca ? { ...options, ca } : options) : new http.Agent(options);
+  agents.set(key, agent);
+  return agent;
+}
 
 export interface S3Object {
   endpoint: S3Endpoint;
@@ -50,7 +84,6 @@ export class S3Source implements ObjectSource {
   readonly description: string;
   readonly #object: S3Object;
   readonly #credentials: SourceCredentials;
-  readonly #ca: string[] | undefined;
 
   constructor(object: S3Object, credentials: SourceCredentials = {}) {
     const { accessKeyId, secretKey } = credentials;
@@ -62,7 +95,6 @@ export class S3Source implements ObjectSource {
       );
     this.#object = object;
     this.#credentials = credentials;
-    this.#ca = trustedCAs(credentials.caBundle);
     this.description = describeLocation({ kind: 's3', ...object });
   }
 
@@ -126,44 +158,47 @@ export class S3Source implements ObjectSource {
   }
 
   async #call<T>(signal: AbortSignal, operation: (client: Client) => Promise<T>): Promise<T> {
-    const { client, release } = this.#client(signal);
+    const { endpoint, bucket } = this.#object;
+    const regionKey = `${endpoint.useSSL}://${endpoint.host}:${endpoint.port}/${bucket}`;
+    const knownRegion = endpoint.region ?? regions.get(regionKey);
+    const client = this.#client(signal, knownRegion);
     try {
-      return await operation(client);
+      const result = await operation(client);
+      // Answered from the client's own memory of the bucket, without a request.
+      if (knownRegion === undefined) regions.set(regionKey, await client.getBucketRegionAsync(bucket));
+      return result;
     } catch (error) {
+      // The bucket may have been made anew in another region since; ask again next time.
+      const code = errorCode(error);
+      if (endpoint.region === undefined && code !== undefined && WRONG_REGION.has(code))
+        regions.delete(regionKey);
       throw this.#fault(error);
-    } finally {
-      release();
     }
   }
 
   /**
-   * A client with its own agent: the minio client takes no AbortSignal, so aborting destroys
-   * the agent's sockets, which ends a request that is waiting for headers or streaming a body.
+   * A client for one call, over the shared agent. The minio client takes no AbortSignal, so its
+   * transport hands `signal` to each request: aborting ends a request that waits for headers or
+   * streams a body, and only that request.
    */
-  #client(signal: AbortSignal): { client: Client; release(): void } {
+  #client(signal: AbortSignal, region: string | undefined): Client {
     const { endpoint } = this.#object;
-    const agent = endpoint.useSSL ? new HttpsAgent(this.#ca ? { ca: this.#ca } : {}) : new HttpAgent();
-    const destroy = () => agent.destroy();
-    signal.addEventListener('abort', destroy, { once: true });
     const { accessKeyId, secretKey } = this.#credentials;
-    const client = new Client({
+    const protocol = endpoint.useSSL ? https : http;
+    const request = (options: http.RequestOptions, callback?: (response: http.IncomingMessage) => void) =>
+      protocol.request({ ...options, signal }, callback);
+    return new Client({
       endPoint: endpoint.host,
       port: endpoint.port,
       useSSL: endpoint.useSSL,
       pathStyle: true,
-      transportAgent: agent,
+      transport: { request: request as typeof http.request },
+      transportAgent: sharedAgent(endpoint.useSSL, this.#credentials.caBundle),
       // Retries belong to the downloader, which resumes where the transfer stopped.
       retryOptions: { disableRetry: true },
-      ...(endpoint.region !== undefined ? { region: endpoint.region } : {}),
+      ...(region !== undefined ? { region } : {}),
       ...(accessKeyId !== undefined && secretKey !== undefined ? { accessKey: accessKeyId, secretKey } : {}),
     });
-    return {
-      client,
-      release() {
-        signal.removeEventListener('abort', destroy);
-        agent.destroy();
-      },
-    };
   }
 
   #fault(error: unknown): unknown {
