@@ -468,11 +468,13 @@ class Transfer {
         { terminal: false },
       );
     }
-    await Promise.all([
+    const written = Promise.all([
       onDisk(dirname(this.#path), () => this.#writer.write(chunks, this.bytesDone)),
       this.#mirror?.write(chunks, this.bytesDone),
     ]);
+    // Hashing takes the main thread while the thread pool writes the same (read-only) chunks.
     for (const chunk of chunks) this.#digests.update(chunk);
+    await written;
     releaseChunks(chunks);
     this.bytesDone += length;
     this.#progress.report(this.bytesDone);
