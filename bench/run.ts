@@ -26,7 +26,7 @@ import {
   startController,
   volumeProvisions,
 } from '../test/support/controller.ts';
-import { scaleScenario } from './scale.ts';
+import { STATUS_INTERVAL_SECONDS, scaleScenario } from './scale.ts';
 import { median, round } from './stats.ts';
 import { peakRss, timeCommand, untilWatchable, watchUntil } from './timing.ts';
 
@@ -122,7 +122,11 @@ const startNode = async (name: string) => {
     dirs,
     logFile: join(workDir, `${name}.log`),
     entry: 'image',
-    env: { LVP_S3_ENDPOINT: minio.endpoint, LOG_LEVEL: 'info' },
+    env: {
+      LVP_S3_ENDPOINT: minio.endpoint,
+      LVP_STATUS_UPDATE_INTERVAL_SECONDS: String(STATUS_INTERVAL_SECONDS),
+      LOG_LEVEL: 'info',
+    },
   });
   return { controller, dirs };
 };
@@ -430,7 +434,7 @@ if (scale) {
     '| --- | --- | --- |',
     `| create → Queued (or first stage), p50 / p99 | ${scale.acknowledgeP50Seconds} s / ${scale.acknowledgeP99Seconds} s | p99 < 1 s |`,
     `| API requests per job (all of the controller's) | ${scale.apiRequestsPerJob} | |`,
-    `| status writes per job | ${scale.statusWritesPerJob} (${scale.jobsOverStatusWriteBudget} jobs over budget) | ≤ 1 per stage change + 1 per 5 s interval |`,
+    `| status writes per job | ${scale.statusWritesPerJob} (${scale.jobsOverStatusWriteBudget} jobs over budget) | ≤ 1 per stage change + 1 per ${STATUS_INTERVAL_SECONDS} s interval |`,
     `| objects the informer received | ${scale.informerReceived} (a watch of this node's objects saw ${scale.ownWatchEvents}; unfiltered lists/watches: ${scale.unfilteredReads}) | only this node's |`,
     `| other nodes' objects touched | ${scale.otherNodesObjectsTouched} | 0 |`,
     `| controller peak RSS | ${scale.peakRssMB} MB | |`,
