@@ -3,14 +3,16 @@
 // qemu-img convert), because these machines are shared and noisy. Writes JSON and a Markdown
 // summary to bench/results/. The controller runs as the container image runs it (dist/ with
 // the Dockerfile's node flags; scripts/bench.sh builds dist/ first).
-// Options: --size-mib N (default 512), --runs N (default 5), --only speed,memory,scale,
-// --scale-objects N (default 1000), --scale-nodes N (default 50).
+// Options: --size-mib N (default 512), --runs N (default 5), --only
+// speed,network,memory,scale, --link-mbps N (default 200), --scale-objects N (default 1000),
+// --scale-nodes N (default 50).
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { CoreV1Api } from '@kubernetes/client-node';
+import { Client } from 'minio';
 import type { VolumeProvision } from '../src/api/v1alpha1.ts';
 import { ddPageCache } from '../src/storage/download/pageCache.ts';
 import { convertCacheOptions } from '../src/storage/qemu-img/qemu-img.ts';
@@ -26,6 +28,7 @@ import {
   startController,
   volumeProvisions,
 } from '../test/support/controller.ts';
+import { startPacedLink } from './link.ts';
 import { STATUS_INTERVAL_SECONDS, scaleScenario } from './scale.ts';
 import { median, round } from './stats.ts';
 import { peakRss, timeCommand, untilWatchable, watchUntil } from './timing.ts';
@@ -39,7 +42,8 @@ const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '512' },
     runs: { type: 'string', default: '5' },
-    only: { type: 'string', default: 'speed,memory,scale' },
+    only: { type: 'string', default: 'speed,network,memory,scale' },
+    'link-mbps': { type: 'string', default: '200' },
     'scale-objects': { type: 'string', default: '1000' },
     'scale-nodes': { type: 'string', default: '50' },
   },
@@ -47,6 +51,7 @@ const { values } = parseArgs({
 const sizeMiB = Number(values['size-mib']);
 const runs = Number(values.runs);
 const scenarios = new Set(values.only.split(','));
+const linkMBps = Number(values['link-mbps']);
 const scaleObjects = Number(values['scale-objects']);
 const scaleNodes = Number(values['scale-nodes']);
 if (
@@ -54,14 +59,15 @@ if (
   sizeMiB < 8 ||
   !Number.isInteger(runs) ||
   runs < 1 ||
-  ![...scenarios].every((name) => ['speed', 'memory', 'scale'].includes(name)) ||
+  ![...scenarios].every((name) => ['speed', 'network', 'memory', 'scale'].includes(name)) ||
+  !(linkMBps > 0) ||
   !Number.isInteger(scaleObjects) ||
   !Number.isInteger(scaleNodes) ||
   scaleNodes < 1 ||
   scaleObjects < scaleNodes
 ) {
   throw new Error(
-    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,memory,scale] [--scale-objects N] [--scale-nodes N<=objects]',
+    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,memory,scale] [--link-mbps N>0] [--scale-objects N] [--scale-nodes N<=objects]',
   );
 }
 
@@ -114,7 +120,7 @@ await s3.fPutObject('bench', 'small.qcow2', smallPath);
 
 const scratch = join(workDir, 'baseline');
 mkdirSync(scratch, { recursive: true });
-const startNode = async (name: string) => {
+const startNode = async (name: string, s3Endpoint = minio.endpoint) => {
   const dirs = controllerDirs(join(workDir, name));
   const controller = await startController({
     kubeconfig,
@@ -123,7 +129,7 @@ const startNode = async (name: string) => {
     logFile: join(workDir, `${name}.log`),
     entry: 'image',
     env: {
-      LVP_S3_ENDPOINT: minio.endpoint,
+      LVP_S3_ENDPOINT: s3Endpoint,
       LVP_STATUS_UPDATE_INTERVAL_SECONDS: String(STATUS_INTERVAL_SECONDS),
       LOG_LEVEL: 'info',
     },
@@ -171,7 +177,8 @@ async function freshCopy(source: string, run: number): Promise<string> {
   return key;
 }
 
-const presigned = (key: string) => s3.presignedGetObject('bench', key, 3600);
+/** A URL for curl, signed for the host it will name: MinIO, or the link in front of it. */
+const presigned = (key: string, client: Client = s3) => client.presignedGetObject('bench', key, 3600);
 const pageCache = ddPageCache((message) => {
   throw new Error(message);
 });
@@ -239,6 +246,10 @@ const samples = {
   hit: [] as number[],
   hitBaseline: [] as number[],
   hitSameOptions: [] as number[],
+  linkQcow2Miss: [] as number[],
+  linkQcow2Baseline: [] as number[],
+  linkRawMiss: [] as number[],
+  linkRawBaseline: [] as number[],
 };
 if (scenarios.has('speed')) {
   const { controller } = await startNode('node');
@@ -273,6 +284,37 @@ if (scenarios.has('speed')) {
     console.log(`speed: run ${index}/${runs} done`);
   }
   await controller.process.stop();
+}
+
+// The misses again behind a link of `linkMBps` per connection, for curl and for ours alike.
+if (scenarios.has('network')) {
+  const link = await startPacedLink(minio.port, linkMBps * 1e6);
+  const { controller } = await startNode('network', `http://127.0.0.1:${link.port}`);
+  const viaLink = new Client({
+    endPoint: '127.0.0.1',
+    port: link.port,
+    useSSL: false,
+    accessKey: minio.accessKey,
+    secretKey: minio.secretKey,
+    region: 'us-east-1',
+  });
+  for (let index = 1; index <= runs; index += 1) {
+    const downloaded = join(scratch, 'download');
+    const converted = join(scratch, 'converted.raw');
+    const qcow2Key = await freshCopy('image.qcow2', 100 + index);
+    const rawKey = await freshCopy('image.raw', 100 + index);
+    samples.linkQcow2Baseline.push(
+      (await curl(await presigned(qcow2Key, viaLink), downloaded)) +
+        (await convert(downloaded, 'qcow2', converted)),
+    );
+    samples.linkQcow2Miss.push((await provision(qcow2Key, 'qcow2', sizeMiB * MiB)).seconds);
+    const curlRaw = await curl(await presigned(rawKey, viaLink), downloaded);
+    samples.linkRawBaseline.push(Math.max(curlRaw, await convert(downloaded, 'raw', converted)));
+    samples.linkRawMiss.push((await provision(rawKey, 'raw', sizeMiB * MiB)).seconds);
+    console.log(`network: run ${index}/${runs} done`);
+  }
+  await controller.process.stop();
+  await link.close();
 }
 
 // Memory: a fresh controller per image size, so each peak belongs to one provision.
@@ -361,26 +403,41 @@ const rows: {
     target: 1.05,
   },
   { scenario: 'cache hit, qcow2 → file', ours: 'hit', baseline: 'hitSameOptions', baselineIs: sameOptions },
+  {
+    scenario: `cache miss, qcow2 → file, ${linkMBps} MB/s link`,
+    ours: 'linkQcow2Miss',
+    baseline: 'linkQcow2Baseline',
+    baselineIs: 'curl (same link) + qemu-img convert (+sync)',
+    target: 1.1,
+  },
+  {
+    scenario: `cache miss, raw → file, ${linkMBps} MB/s link`,
+    ours: 'linkRawMiss',
+    baseline: 'linkRawBaseline',
+    baselineIs: 'max(curl (same link), qemu-img convert (+sync))',
+    target: 1.1,
+  },
 ];
 // The ratio is the median of each run's own ratio: ours and its baseline run back to back,
 // so a machine that slows down for a while slows both, where medians taken apart would not
 // pair them. The range shows how far single runs went.
-const speed = scenarios.has('speed')
-  ? rows.map((row) => {
-      const ours = samples[row.ours];
-      const baseline = samples[row.baseline];
-      const ratios = ours.map((seconds, index) => seconds / (baseline[index] ?? Number.NaN));
-      const ratio = median(ratios);
-      return {
-        ...row,
-        ours: median(ours),
-        baseline: median(baseline),
-        ratio: round(ratio),
-        ratioRange: [round(Math.min(...ratios)), round(Math.max(...ratios))],
-        pass: row.target === undefined ? undefined : ratio <= row.target,
-      };
-    })
-  : [];
+// Rows of the scenarios that ran.
+const speed = rows
+  .filter((row) => samples[row.ours].length > 0)
+  .map((row) => {
+    const ours = samples[row.ours];
+    const baseline = samples[row.baseline];
+    const ratios = ours.map((seconds, index) => seconds / (baseline[index] ?? Number.NaN));
+    const ratio = median(ratios);
+    return {
+      ...row,
+      ours: median(ours),
+      baseline: median(baseline),
+      ratio: round(ratio),
+      ratioRange: [round(Math.min(...ratios)), round(Math.max(...ratios))],
+      pass: row.target === undefined ? undefined : ratio <= row.target,
+    };
+  });
 const rssGrowth = (memory.large ?? 0) / (memory.small ?? 1) - 1;
 const memoryRow = scenarios.has('memory')
   ? {
@@ -409,7 +466,7 @@ const verdict = (pass: boolean | undefined) => (pass === undefined ? '' : pass ?
 const lines = [`# Benchmark ${report.date}`, ''];
 if (speed.length > 0) {
   lines.push(
-    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller. Every timed step starts after an untimed \`sync\`. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, and a download that hashes what it fetches, as ours does.`,
+    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller. Every timed step starts after an untimed \`sync\`. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, and a download that hashes what it fetches, as ours does.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s, for curl and ours alike.` : ''}`,
     '',
     '| scenario | ours (s) | baseline (s) | baseline | ratio (runs) | target | result |',
     '| --- | --- | --- | --- | --- | --- | --- |',

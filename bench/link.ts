@@ -1,0 +1,61 @@
+// A network link of limited speed on loopback: a TCP proxy that paces what the server sends on
+// each connection. Loopback moves bytes as fast as the CPU copies them, so there the download
+// is CPU-bound; a real S3 or MinIO behind a network gives each connection a bandwidth, and the
+// question is then whether we keep up with the link as curl does.
+import { connect, createServer, type Socket } from 'node:net';
+import { Transform } from 'node:stream';
+
+export interface PacedLink {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Passes chunks on no faster than `bytesPerSecond`, each at its slot (bursts of one chunk). */
+function pacer(bytesPerSecond: number): Transform {
+  const bytesPerMs = bytesPerSecond / 1000;
+  let nextSlot = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      const now = performance.now();
+      const slot = Math.max(nextSlot, now);
+      nextSlot = slot + chunk.length / bytesPerMs;
+      const delay = slot - now;
+      if (delay >= 1) setTimeout(() => callback(null, chunk), delay);
+      else callback(null, chunk);
+    },
+  });
+}
+
+/** Listens on 127.0.0.1; each connection reaches `port` there, its answers paced. */
+export async function startPacedLink(port: number, bytesPerSecond: number): Promise<PacedLink> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(port, '127.0.0.1');
+    const pair = [client, upstream];
+    // Either end failing or closing ends the other.
+    const end = () => {
+      for (const each of pair) each.destroy();
+    };
+    for (const socket of pair) {
+      sockets.add(socket);
+      socket.on('error', end);
+      socket.on('close', () => {
+        sockets.delete(socket);
+        end();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(pacer(bytesPerSecond)).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('the link has no TCP port');
+  return {
+    port: address.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
