@@ -120,6 +120,9 @@ await s3.fPutObject('bench', 'small.qcow2', smallPath);
 
 const scratch = join(workDir, 'baseline');
 mkdirSync(scratch, { recursive: true });
+/** Where every baseline's curl and convert write. */
+const downloaded = join(scratch, 'download');
+const converted = join(scratch, 'converted.raw');
 const startNode = async (name: string, s3Endpoint = minio.endpoint) => {
   const dirs = controllerDirs(join(workDir, name));
   const controller = await startController({
@@ -256,8 +259,6 @@ if (scenarios.has('speed')) {
   // The hits read image.qcow2 by its own URL: cache it first, unmeasured.
   await provision('image.qcow2', 'qcow2', sizeMiB * MiB);
   for (let index = 1; index <= runs; index += 1) {
-    const downloaded = join(scratch, 'download');
-    const converted = join(scratch, 'converted.raw');
     // The baselines fetch the very objects our misses then fetch (MinIO's new copies are dirty
     // in the page cache until the first settle()).
     const qcow2Key = await freshCopy('image.qcow2', index);
@@ -299,8 +300,6 @@ if (scenarios.has('network')) {
     region: 'us-east-1',
   });
   for (let index = 1; index <= runs; index += 1) {
-    const downloaded = join(scratch, 'download');
-    const converted = join(scratch, 'converted.raw');
     const qcow2Key = await freshCopy('image.qcow2', 100 + index);
     const rawKey = await freshCopy('image.raw', 100 + index);
     samples.linkQcow2Baseline.push(

@@ -63,6 +63,7 @@ const CREATE_CONCURRENCY = 25;
 export const STATUS_INTERVAL_SECONDS = Number(
   SETTINGS.find((setting) => setting.key === 'statusUpdateIntervalSeconds')?.default,
 );
+if (!(STATUS_INTERVAL_SECONDS > 0)) throw new Error('the configuration has no default status interval');
 
 export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: number): Promise<ScaleResult> {
   const nodeNames = Array.from({ length: nodes }, (_, index) =>
