@@ -3,7 +3,7 @@
 // downloads and aborts, start-up cleanup, and the download rates it records.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
@@ -76,6 +76,7 @@ beforeEach(() => {
 afterEach(async () => {
   await cache?.close();
   database.close();
+  rmSync(root, { recursive: true, force: true });
 });
 
 describe('ImageCache lookups', () => {

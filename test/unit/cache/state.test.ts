@@ -1,7 +1,7 @@
 // The node's SQLite database (file, WAL, forward migrations, clear errors) and the stage-rate
 // store that feeds the progress split.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
@@ -30,6 +30,7 @@ beforeEach(() => {
 });
 afterEach(() => {
   for (const database of opened.splice(0)) database.close();
+  rmSync(root, { recursive: true, force: true });
 });
 
 describe('StateDatabase', () => {

@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { loadConfig } from '../../../src/config/config.ts';
 
+const dir = mkdtempSync(join(tmpdir(), 'lvp-config-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
 function configFile(content: string): string {
-  const path = join(mkdtempSync(join(tmpdir(), 'lvp-config-')), 'config.yaml');
+  const path = join(mkdtempSync(join(dir, 'case-')), 'config.yaml');
   writeFileSync(path, content);
   return path;
 }
