@@ -31,19 +31,16 @@ export async function startPacedLink(port: number, bytesPerSecond: number): Prom
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
     const upstream = connect(port, '127.0.0.1');
-    const pair = [client, upstream];
-    // Either end failing or closing ends the other.
-    const end = () => {
-      for (const each of pair) each.destroy();
-    };
-    for (const socket of pair) {
+    for (const socket of [client, upstream]) {
       sockets.add(socket);
-      socket.on('error', end);
-      socket.on('close', () => {
-        sockets.delete(socket);
-        end();
-      });
+      socket.on('close', () => sockets.delete(socket));
     }
+    // The client gone, nothing is left to deliver; the server failing cuts the client off.
+    // A server that closes after its answer (Connection: close) does not: the pipe ends the
+    // client once the pacer has passed on the answer's last bytes.
+    client.on('error', () => upstream.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
     client.pipe(upstream);
     upstream.pipe(pacer(bytesPerSecond)).pipe(client);
   });

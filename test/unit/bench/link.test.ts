@@ -42,6 +42,17 @@ describe('startPacedLink', () => {
     }
   });
 
+  it('delivers the whole answer of a server that closes the connection after it', async () => {
+    const link = await startPacedLink(port, 50e6);
+    try {
+      // At 50 MB/s the server has sent everything and closed long before the client has it.
+      const response = await fetch(`http://127.0.0.1:${link.port}/`, { headers: { connection: 'close' } });
+      assert.ok(Buffer.from(await response.arrayBuffer()).equals(payload));
+    } finally {
+      await link.close();
+    }
+  });
+
   it('ends its connections when closed, and refuses new ones', async () => {
     const link = await startPacedLink(port, 1e6);
     // At 1 MB/s the 3 MiB answer is still on its way when the link closes.
