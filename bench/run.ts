@@ -149,12 +149,20 @@ const startNode = async (name: string, s3Endpoint = minio.endpoint) => {
 const settle = () => run('sync');
 
 let sequence = 0;
-/** Creates a VolumeProvision and returns the seconds from create to Ready, seen through a watch. */
+/** The stages a provision can pass through, in the order it does. */
+const STAGES = ['Queued', 'Initializing', 'Downloading', 'Converting', 'Finalizing'] as const;
+/** Before the first stage: from create until the controller's first status write. */
+const TO_FIRST_STAGE = 'create → first stage';
+
+/**
+ * Creates a VolumeProvision and returns the seconds from create to Ready, seen through a
+ * watch, and the seconds spent in each stage it was seen in (until the next stage, or Ready).
+ */
 async function provision(
   key: string,
   format: 'qcow2' | 'raw',
   sizeBytes: number,
-): Promise<{ seconds: number; object: VolumeProvision }> {
+): Promise<{ seconds: number; stages: Record<string, number>; object: VolumeProvision }> {
   sequence += 1;
   const name = `bench-${sequence}`;
   await settle();
@@ -169,8 +177,16 @@ async function provision(
       reclaimPolicy: 'Delete',
     },
   });
-  const { object, at } = await ready;
-  return { seconds: (at - started) / 1000, object };
+  const { object, at, stagesAt } = await ready;
+  const seen = STAGES.flatMap((stage) => {
+    const seenAt = stagesAt.get(stage);
+    return seenAt === undefined ? [] : [{ stage, seenAt }];
+  });
+  const stages: Record<string, number> = { [TO_FIRST_STAGE]: ((seen[0]?.seenAt ?? at) - started) / 1000 };
+  seen.forEach(({ stage, seenAt }, index) => {
+    stages[stage] = ((seen[index + 1]?.seenAt ?? at) - seenAt) / 1000;
+  });
+  return { seconds: (at - started) / 1000, stages, object };
 }
 
 /** A fresh key per miss run: a server-side copy, so the node cache has never seen it. */
@@ -254,6 +270,15 @@ const samples = {
   linkRawMiss: [] as number[],
   linkRawBaseline: [] as number[],
 };
+type SampleKey = keyof typeof samples;
+/** Per run of ours, the seconds spent in each stage (see provision). */
+const stageSeconds: Partial<Record<SampleKey, Record<string, number>[]>> = {};
+/** Provisions and records the time in `key`, and the stages' times beside it. */
+async function provisionInto(key: SampleKey, ...args: Parameters<typeof provision>): Promise<void> {
+  const { seconds, stages } = await provision(...args);
+  samples[key].push(seconds);
+  stageSeconds[key] = [...(stageSeconds[key] ?? []), stages];
+}
 if (scenarios.has('speed')) {
   const { controller } = await startNode('node');
   // The hits read image.qcow2 by its own URL: cache it first, unmeasured.
@@ -274,14 +299,14 @@ if (scenarios.has('speed')) {
     samples.hitSameOptions.push(
       await convert(downloaded, 'qcow2', converted, { cold: true, options: PRODUCT_OPTIONS }),
     );
-    samples.qcow2Miss.push((await provision(qcow2Key, 'qcow2', sizeMiB * MiB)).seconds);
-    samples.hit.push((await provision('image.qcow2', 'qcow2', sizeMiB * MiB)).seconds);
+    await provisionInto('qcow2Miss', qcow2Key, 'qcow2', sizeMiB * MiB);
+    await provisionInto('hit', 'image.qcow2', 'qcow2', sizeMiB * MiB);
 
     const curlRaw = await curl(await presigned(rawKey), downloaded);
     const convertRaw = await convert(downloaded, 'raw', converted);
     samples.rawBaseline.push(Math.max(curlRaw, convertRaw));
     samples.rawVerified.push(Math.max(await verifiedCurl(await presigned(rawKey), downloaded), convertRaw));
-    samples.rawMiss.push((await provision(rawKey, 'raw', sizeMiB * MiB)).seconds);
+    await provisionInto('rawMiss', rawKey, 'raw', sizeMiB * MiB);
     console.log(`speed: run ${index}/${runs} done`);
   }
   await controller.process.stop();
@@ -306,10 +331,10 @@ if (scenarios.has('network')) {
       (await curl(await presigned(qcow2Key, viaLink), downloaded)) +
         (await convert(downloaded, 'qcow2', converted)),
     );
-    samples.linkQcow2Miss.push((await provision(qcow2Key, 'qcow2', sizeMiB * MiB)).seconds);
+    await provisionInto('linkQcow2Miss', qcow2Key, 'qcow2', sizeMiB * MiB);
     const curlRaw = await curl(await presigned(rawKey, viaLink), downloaded);
     samples.linkRawBaseline.push(Math.max(curlRaw, await convert(downloaded, 'raw', converted)));
-    samples.linkRawMiss.push((await provision(rawKey, 'raw', sizeMiB * MiB)).seconds);
+    await provisionInto('linkRawMiss', rawKey, 'raw', sizeMiB * MiB);
     console.log(`network: run ${index}/${runs} done`);
   }
   await controller.process.stop();
@@ -354,7 +379,6 @@ await cluster.stop();
 // The rows without a target are references: qemu-img with the product's own cache options, and
 // a download that hashes what it fetches. What is left over them is the controller's overhead.
 const sameOptions = `qemu-img convert ${PRODUCT_OPTIONS.join(' ')}`;
-type SampleKey = keyof typeof samples;
 const rows: {
   scenario: string;
   ours: SampleKey;
@@ -437,6 +461,17 @@ const speed = rows
       pass: row.target === undefined ? undefined : ratio <= row.target,
     };
   });
+// Where our time goes: the median seconds of each stage, per scenario of ours that ran.
+const stageColumns = [TO_FIRST_STAGE, ...STAGES];
+const stageBreakdown = Object.entries(stageSeconds).map(([key, perRun]) => ({
+  scenario: rows.find((row) => row.ours === key)?.scenario ?? key,
+  seconds: Object.fromEntries(
+    stageColumns.flatMap((stage) => {
+      const values = perRun.flatMap((stages) => (stages[stage] === undefined ? [] : [stages[stage]]));
+      return values.length === 0 ? [] : [[stage, round(median(values))]];
+    }),
+  ),
+}));
 const rssGrowth = (memory.large ?? 0) / (memory.small ?? 1) - 1;
 const memoryRow = scenarios.has('memory')
   ? {
@@ -456,6 +491,8 @@ const report = {
   runs,
   samples,
   results: speed,
+  stageSeconds,
+  stageBreakdown,
   memory: memoryRow,
   scale,
 };
@@ -472,6 +509,15 @@ if (speed.length > 0) {
     ...speed.map(
       (row) =>
         `| ${row.scenario} | ${round(row.ours, 2)} | ${round(row.baseline, 2)} | ${row.baselineIs} | ${row.ratio} (${row.ratioRange.join('–')}) | ${row.target === undefined ? '(reference)' : `≤ ${row.target}`} | ${verdict(row.pass)} |`,
+    ),
+    '',
+    'Where our time goes: the median seconds in each stage, from the stage changes a watch saw (a stage lasts until the next one, the last until Ready; – where a run skipped the stage).',
+    '',
+    `| ours | ${stageColumns.join(' | ')} |`,
+    `| --- | ${stageColumns.map(() => '---').join(' | ')} |`,
+    ...stageBreakdown.map(
+      ({ scenario, seconds }) =>
+        `| ${scenario} | ${stageColumns.map((stage) => seconds[stage] ?? '–').join(' | ')} |`,
     ),
     '',
   );

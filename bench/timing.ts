@@ -15,7 +15,8 @@ export async function timeCommand(command: string, args: readonly string[]): Pro
 
 /**
  * Resolves with the object once `predicate` holds, observed through a watch (no polling),
- * and the time it was seen; rejects if the object reaches stage Failed.
+ * the time it was seen, and when each stage was first seen (every stage change is its own
+ * status write, so the watch sees each one); rejects if the object reaches stage Failed.
  */
 export function watchUntil(
   config: KubeConfig,
@@ -23,9 +24,10 @@ export function watchUntil(
   name: string,
   predicate: (object: VolumeProvision) => boolean,
   timeoutMs: number,
-): Promise<{ object: VolumeProvision; at: number }> {
+): Promise<{ object: VolumeProvision; at: number; stagesAt: ReadonlyMap<string, number> }> {
   return new Promise((resolve, reject) => {
     let controller: AbortController | undefined;
+    const stagesAt = new Map<string, number>();
     const timer = setTimeout(
       () => finish(new Error(`${namespace}/${name} not done after ${timeoutMs} ms`)),
       timeoutMs,
@@ -34,7 +36,7 @@ export function watchUntil(
       clearTimeout(timer);
       controller?.abort();
       if (error) reject(error);
-      else resolve({ object: object as VolumeProvision, at: performance.now() });
+      else resolve({ object: object as VolumeProvision, at: performance.now(), stagesAt });
     };
     void new Watch(config)
       .watch(
@@ -42,7 +44,9 @@ export function watchUntil(
         { fieldSelector: `metadata.name=${name}` },
         (_phase: string, object: KubernetesObject) => {
           const vp = object as VolumeProvision;
-          if (vp.status?.stage === 'Failed') finish(new Error(`${name} failed: ${vp.status.message}`));
+          const stage = vp.status?.stage;
+          if (stage !== undefined && !stagesAt.has(stage)) stagesAt.set(stage, performance.now());
+          if (stage === 'Failed') finish(new Error(`${name} failed: ${vp.status?.message}`));
           else if (predicate(vp)) finish(undefined, vp);
         },
         (error: unknown) => {
