@@ -91,7 +91,7 @@ export class RawTargetMirror implements DownloadMirror {
     this.#file = file;
     // A new file stays as sparse as qemu-img makes it (FileTargets sets its size on commit).
     // A block device may still hold another volume's data: every byte is written there.
-    return new BoundedWriter(file, path, { syncIntervalBytes, pageCache, skipZeroChunks: !isBlockDevice });
+    return new BoundedWriter(file, path, { syncIntervalBytes, pageCache, skipZeroBlocks: !isBlockDevice });
   }
 
   #detach(reason: string): void {

@@ -10,11 +10,11 @@ export interface BoundedWriterOptions {
   syncIntervalBytes: number;
   pageCache: PageCache;
   /**
-   * Leave chunks of zeros unwritten. Only for a new file, which reads as zeros wherever
+   * Leave blocks of zeros unwritten. Only for a new file, which reads as zeros wherever
    * nothing was written (and whose size the caller sets at the end): disk images are mostly
    * zeros, and a hole costs no I/O. Never for a block device, which may hold old data.
    */
-  skipZeroChunks: boolean;
+  skipZeroBlocks: boolean;
 }
 
 export class BoundedWriter {
@@ -34,17 +34,23 @@ export class BoundedWriter {
 
   /** Writes `chunks` back to back from `position`. */
   async write(chunks: readonly Buffer[], position: number): Promise<void> {
-    if (!this.#options.skipZeroChunks) return this.#write(chunks, position);
-    // Runs of non-zero chunks, each written with one writev.
+    if (!this.#options.skipZeroBlocks) return this.#write(chunks, position);
+    // Runs of non-zero blocks, each written with one writev; blocks of zeros stay holes.
     let run: Buffer[] = [];
     let runStart = position;
     let offset = position;
     for (const chunk of chunks) {
-      if (isZero(chunk)) {
+      let dataFrom = 0;
+      for (let start = 0; start < chunk.length; start += ZERO_BLOCK_BYTES) {
+        const end = Math.min(chunk.length, start + ZERO_BLOCK_BYTES);
+        if (!isZero(chunk.subarray(start, end))) continue;
+        if (start > dataFrom) run.push(chunk.subarray(dataFrom, start));
         if (run.length > 0) await this.#write(run, runStart);
         run = [];
-        runStart = offset + chunk.length;
-      } else run.push(chunk);
+        dataFrom = end;
+        runStart = offset + end;
+      }
+      if (dataFrom < chunk.length) run.push(dataFrom === 0 ? chunk : chunk.subarray(dataFrom));
       offset += chunk.length;
     }
     if (run.length > 0) await this.#write(run, runStart);
@@ -97,12 +103,11 @@ export class BoundedWriter {
   }
 }
 
-const ZEROS = Buffer.alloc(64 * 1024);
+/** The granularity of holes: a block of this many zeros (from a chunk's start) is not written. */
+const ZERO_BLOCK_BYTES = 64 * 1024;
+const ZEROS = Buffer.alloc(ZERO_BLOCK_BYTES);
 
-function isZero(chunk: Buffer): boolean {
-  for (let offset = 0; offset < chunk.length; offset += ZEROS.length) {
-    const end = Math.min(chunk.length, offset + ZEROS.length);
-    if (!chunk.subarray(offset, end).equals(ZEROS.subarray(0, end - offset))) return false;
-  }
-  return true;
+/** For a block of at most ZERO_BLOCK_BYTES. */
+function isZero(block: Buffer): boolean {
+  return block.equals(ZEROS.subarray(0, block.length));
 }

@@ -29,9 +29,10 @@ export const PARTIAL_FILE_PREFIX = '.partial-';
 /** How much a download writes between flushes and page cache evictions. */
 export const DEFAULT_SYNC_INTERVAL_BYTES = 64 * 1024 * 1024;
 /**
- * Received chunks (64 KiB each from node's HTTP client) are buffered up to this much and
- * written with one positioned writev while the next ones arrive: one write per chunk, awaited
- * in turn, made our download about 1.6 times slower (bench/).
+ * Received batches (up to 1 MiB from httpGet, less on a slow link) are buffered up to this
+ * much and written with one positioned writev while the next ones arrive: with undici's
+ * 64 KiB chunks, one write per chunk, awaited in turn, made our download about 1.6 times
+ * slower (bench/).
  */
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 /** The old service's margin: the image plus 5 % must fit before a download starts. */
@@ -321,12 +322,13 @@ async function onDisk<T>(folder: string, operation: () => Promise<T>): Promise<T
 }
 
 /**
- * Frees received chunks now instead of at V8's next full GC. undici hands out each 64 KiB chunk
+ * Frees received chunks now instead of at V8's next full GC. httpGet hands out each full batch
  * in an ArrayBuffer of its own, outside the JS heap, and the young-generation GCs, which see
- * little JS allocation during a download, rarely free them: they piled up until V8's limit on
- * external memory forced a full GC, about six per 206 MiB. Releasing them made a download
- * about 10 % faster (bench/). Call it once the batch is written and hashed: nothing reads a
- * chunk after that. A view that shares its buffer with others is left to the GC.
+ * little JS allocation during a download, rarely free them: with undici's 64 KiB chunks they
+ * piled up until V8's limit on external memory forced a full GC, about six per 206 MiB, and
+ * releasing them made a download about 10 % faster (bench/). Call it once the batch is
+ * written and hashed: nothing reads a chunk after that. A view that shares its buffer with
+ * others is left to the GC.
  */
 function releaseChunks(chunks: readonly Buffer[]): void {
   for (const chunk of chunks) {
@@ -391,7 +393,7 @@ class Transfer {
     this.#expected = expected;
     this.#file = file;
     // The partial file is new: zeros become holes, and download() sets the size at the end.
-    this.#writer = new BoundedWriter(file, path, { ...settings, skipZeroChunks: true });
+    this.#writer = new BoundedWriter(file, path, { ...settings, skipZeroBlocks: true });
     this.#mirror = options.mirror;
     this.#path = path;
     this.#settings = settings;

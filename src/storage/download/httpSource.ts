@@ -1,10 +1,14 @@
 // A plain HTTP(S) resource: a web server, or a presigned S3 URL (S3Source reads object bodies
-// this way too). Requests go through undici rather than node:http: node:http's per-read
-// buffers wait for a major GC, so receiving 512 MiB held 90-94 MB of them at the peak even
-// when every chunk was dropped at once; undici's peak was 26-44 MB at the same speed.
-import { Agent, type Dispatcher, request } from 'undici';
+// this way too). The stat's small request goes through undici, whose kept-alive connections
+// the next stat reuses; the body, where the time goes, through httpGet (see http-get.ts).
+// Not node:http for either: its per-read buffers wait for a major GC, so receiving 512 MiB
+// held 90-94 MB of them at the peak even when every chunk was dropped at once.
+import type { Readable } from 'node:stream';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { Agent, request } from 'undici';
 import { PipelineError } from '../../pipeline/types.ts';
 import { LruMap } from '../../util/lru.ts';
+import { httpGet } from './http-get.ts';
 import { DownloadReason } from './reasons.ts';
 import {
   type ObjectBody,
@@ -19,23 +23,40 @@ import { redactUrl } from './url.ts';
 const MAX_REDIRECTS = 5;
 /** CA bundles whose Agent is kept; Secrets with distinct private CAs are few per node. */
 const MAX_CA_DISPATCHERS = 8;
+interface Trust {
+  /** For undici's requests. */
+  agent: Agent;
+  /** For httpGet's. */
+  secureContext: SecureContext;
+}
 // close() lets a dropped Agent's requests in progress finish.
-const caDispatchers = new LruMap<string, Agent>(MAX_CA_DISPATCHERS, (agent) => void agent.close());
+const caTrusts = new LruMap<string, Trust>(MAX_CA_DISPATCHERS, ({ agent }) => void agent.close());
 
 /**
- * One Agent per CA bundle, shared by every source that trusts it, so that stat, download and
- * resumed attempts reuse connections instead of each opening its own and leaving an Agent to
- * its keep-alive timeout.
+ * One Agent and TLS context per CA bundle, shared by every source that trusts it, so that
+ * stats reuse connections instead of each opening its own and leaving an Agent to its
+ * keep-alive timeout, and no transfer parses the bundle and the public roots again.
  */
-function dispatcherTrusting(caBundle: string): Agent {
-  const existing = caDispatchers.get(caBundle);
+function trusting(caBundle: string): Trust {
+  const existing = caTrusts.get(caBundle);
   if (existing) return existing;
-  const agent = new Agent({ connect: { ca: trustedCAs(caBundle) } });
-  caDispatchers.set(caBundle, agent);
-  return agent;
+  const secureContext = createSecureContext({ ca: trustedCAs(caBundle) });
+  const trust = { agent: new Agent({ connect: { secureContext } }), secureContext };
+  caTrusts.set(caBundle, trust);
+  return trust;
 }
 
-type Response = Dispatcher.ResponseData;
+/** An answer from either client, as this file reads it. */
+interface Response {
+  statusCode: number;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
+  body: Readable;
+  /** Drops a body that will not be read. */
+  discard(): void;
+}
+
+/** Sends one GET of `url`; redirects and statuses are the caller's. */
+type Send = (url: URL, headers: Record<string, string>, signal: AbortSignal) => Promise<Response>;
 
 /** One header's value; a repeated header counts as absent, since it cannot be trusted. */
 function header(response: Response, name: string): string | undefined {
@@ -52,13 +73,8 @@ function parseContentRange(header: string | undefined): { start?: number; total?
   };
 }
 
-/**
- * Drops a body that will not be read. `destroy()` would make undici's body emit an error that
- * nothing listens to; `dump()` never rejects, reads a small body to keep the connection, and
- * closes a big one.
- */
 function discard(response: Response): void {
-  void response.body.dump();
+  response.discard();
 }
 
 /** A strong ETag, else Last-Modified: what `If-Range` accepts to resume the same version. */
@@ -78,18 +94,38 @@ export interface HttpSourceOptions {
 export class HttpSource implements ObjectSource {
   readonly description: string;
   readonly #url: URL;
-  /** undici's global dispatcher, or the one shared by every source trusting the same CA bundle. */
-  readonly #dispatcher: Dispatcher | undefined;
+  /** Node's CAs, or the ones shared by every source trusting the same CA bundle. */
+  readonly #trust: Trust | undefined;
 
   constructor(url: URL, options: HttpSourceOptions = {}) {
     this.#url = url;
-    this.#dispatcher = options.caBundle === undefined ? undefined : dispatcherTrusting(options.caBundle);
+    this.#trust = options.caBundle === undefined ? undefined : trusting(options.caBundle);
     this.description = options.description ?? redactUrl(url);
   }
 
+  /** A small request, over undici's kept-alive connections. */
+  readonly #sendSmall: Send = async (url, headers, signal) => {
+    const {
+      statusCode,
+      headers: received,
+      body,
+    } = await request(url, {
+      headers,
+      signal,
+      ...(this.#trust ? { dispatcher: this.#trust.agent } : {}),
+    });
+    // `destroy()` would make undici's body emit an error that nothing listens to; `dump()`
+    // never rejects, reads a small body to keep the connection, and closes a big one.
+    return { statusCode, headers: received, body, discard: () => void body.dump() };
+  };
+
+  /** A transfer, over a connection of its own that reads into large batches. */
+  readonly #sendBulk: Send = (url, headers, signal) =>
+    httpGet(url, { headers, signal, ...(this.#trust ? { secureContext: this.#trust.secureContext } : {}) });
+
   async stat({ signal }: { signal: AbortSignal }): Promise<ObjectInfo> {
     // A one-byte GET, not HEAD: presigned URLs are signed for GET only.
-    const response = await this.#get({ range: 'bytes=0-0' }, signal);
+    const response = await this.#get({ range: 'bytes=0-0' }, signal, this.#sendSmall);
     discard(response);
     const { total } = parseContentRange(header(response, 'content-range'));
     const length = header(response, 'content-length');
@@ -111,7 +147,7 @@ export class HttpSource implements ObjectSource {
       // The server sends the whole (new) object instead of a range if it changed meanwhile.
       if (info.version !== undefined) headers['if-range'] = info.version;
     }
-    const response = await this.#get(headers, signal);
+    const response = await this.#get(headers, signal, this.#sendBulk);
     const { body } = response;
     const version = versionOf(response);
     if (info.version !== undefined && version !== undefined && version !== info.version) {
@@ -140,16 +176,12 @@ export class HttpSource implements ObjectSource {
   }
 
   /** GET following redirects; error statuses become PipelineErrors or retryable faults. */
-  async #get(headers: Record<string, string>, signal: AbortSignal): Promise<Response> {
+  async #get(headers: Record<string, string>, signal: AbortSignal, send: Send): Promise<Response> {
     let url = this.#url;
     for (let redirects = 0; ; redirects++) {
       let response: Response;
       try {
-        response = await request(url, {
-          headers,
-          signal,
-          ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
-        });
+        response = await send(url, headers, signal);
       } catch (error) {
         throw transportFault(error, this.description);
       }
