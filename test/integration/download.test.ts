@@ -567,6 +567,56 @@ describe('download', { timeout: 180_000 }, () => {
       }
     });
 
+    it('follows redirects, relative and absolute, for the stat and for the transfer', async () => {
+      const paths: string[] = [];
+      const server = await startHttpServer((req, res) => {
+        paths.push(req.url ?? '');
+        if (req.url === '/disk.raw') res.writeHead(301, { location: '/moved/disk.raw?v=2' }).end();
+        else if (req.url === '/moved/disk.raw?v=2')
+          res.writeHead(302, { location: new URL('/final.raw', server.url).href }).end();
+        else serveRange(content, req, res);
+      });
+      try {
+        const folder = emptyFolder('http-redirects');
+        const result = await createDownloader(testConfig).download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+        );
+        assert.equal(result.sha256, sha('sha256', content));
+        const hops = ['/disk.raw', '/moved/disk.raw?v=2', '/final.raw'];
+        assert.deepEqual(paths, [...hops, ...hops]);
+      } finally {
+        await server.close();
+      }
+    });
+
+    for (const [what, location, message] of [
+      ['a redirect loop', '/disk.raw', /redirected more than 5 times/],
+      [
+        'a redirect to another scheme',
+        'file:///etc/shadow',
+        /redirected to file:\/\/\/etc\/shadow, which is not an http\(s\) URL/,
+      ],
+    ] as const) {
+      it(`refuses ${what} with SourceRequestFailed, leaving no file`, async () => {
+        const server = await startHttpServer((_req, res) => res.writeHead(302, { location }).end());
+        try {
+          const folder = emptyFolder(`http-bad-redirect-${what.split(' ').at(-1)}`);
+          const error = await rejectsWith(
+            createDownloader(testConfig).download(
+              { url: server.url },
+              { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+            ),
+            'SourceRequestFailed',
+          );
+          assert.match(error.message, message);
+          assert.deepEqual(readdirSync(folder), []);
+        } finally {
+          await server.close();
+        }
+      });
+    }
+
     it('given its stat, asks the server nothing more before the transfer', async () => {
       const server = await startHttpServer((req, res) => serveRange(content, req, res));
       try {

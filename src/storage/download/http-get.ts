@@ -53,6 +53,8 @@ export class HttpProtocolError extends Error {
 export function httpGet(url: URL, options: HttpGetOptions): Promise<HttpGetResponse> {
   return new Promise((resolve, reject) => {
     options.signal.throwIfAborted();
+    if (url.protocol !== 'http:' && url.protocol !== 'https:')
+      throw new TypeError(`not an http(s) URL: ${url.protocol}`);
     new ResponseReader(url, options, resolve, reject);
   });
 }

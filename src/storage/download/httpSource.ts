@@ -187,15 +187,29 @@ export class HttpSource implements ObjectSource {
       }
       const status = response.statusCode;
       const location = header(response, 'location');
-      if (status >= 300 && status < 400 && location !== undefined && redirects < MAX_REDIRECTS) {
+      if (status >= 300 && status < 400 && location !== undefined) {
         discard(response);
-        url = new URL(location, url);
+        url = this.#redirected(url, location, redirects);
         continue;
       }
       if (status >= 200 && status < 300) return response;
       discard(response);
       throw this.#statusFault(status);
     }
+  }
+
+  /** Where a redirect leads; refuses a loop, a bad Location and any scheme but http(s). */
+  #redirected(from: URL, location: string, redirects: number): URL {
+    const refuse = (why: string) =>
+      new PipelineError(DownloadReason.SourceRequestFailed, `${this.description} ${why}`, {
+        terminal: false,
+      });
+    if (redirects >= MAX_REDIRECTS) throw refuse(`redirected more than ${MAX_REDIRECTS} times`);
+    const next = URL.parse(location, from.href);
+    if (!next) throw refuse('redirected to a Location that is not a URL');
+    if (next.protocol !== 'http:' && next.protocol !== 'https:')
+      throw refuse(`redirected to ${redactUrl(next)}, which is not an http(s) URL`);
+    return next;
   }
 
   #statusFault(status: number): unknown {

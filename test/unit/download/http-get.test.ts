@@ -214,6 +214,10 @@ describe('httpGet', () => {
     await assert.rejects(get(url), /before a complete response head/);
   });
 
+  it('refuses a URL that is not http(s) before connecting anywhere', async () => {
+    await assert.rejects(get(new URL('file:///etc/shadow')), /not an http\(s\) URL: file:/);
+  });
+
   it('refuses a request header that would split the request', async () => {
     const url = await rawServer([]);
     await assert.rejects(get(url, { headers: { range: 'bytes=0-\r\nX-Evil: 1' } }), TypeError);
