@@ -59,7 +59,7 @@ export function httpGet(url: URL, options: HttpGetOptions): Promise<HttpGetRespo
   });
 }
 
-const CRLF = Buffer.from('\r\n');
+const LF = 0x0a;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
@@ -69,8 +69,11 @@ type Framing =
   | { kind: 'close' }
   | {
       kind: 'chunked';
-      /** size: reading a chunk-size line; data: inside a chunk; dataEnd: its CRLF; trailer: after the last chunk. */
-      state: 'size' | 'data' | 'dataEnd' | 'trailer';
+      /**
+       * size: reading a chunk-size line; data: inside a chunk; dataEnd: its CRLF; trailer:
+       * after the last chunk, until an empty line; done: the body is complete.
+       */
+      state: 'size' | 'data' | 'dataEnd' | 'trailer' | 'done';
       remaining: number;
       line: string;
     };
@@ -191,7 +194,7 @@ class ResponseReader {
     } else this.#filled = from + bytes;
     const done =
       (framing.kind === 'length' && framing.remaining === 0) ||
-      (framing.kind === 'chunked' && framing.state === 'trailer' && framing.remaining < 0);
+      (framing.kind === 'chunked' && framing.state === 'done');
     if (done) this.#finish();
     else if (this.#filled === this.#batch.length) {
       this.#pushFilled();
@@ -326,7 +329,7 @@ function framingOf(headers: Record<string, string | string[]>): Framing {
 /**
  * Decodes `bytes` chunked-encoded bytes at `from` in `batch` in place: the data moves down
  * over the framing. Returns how many data bytes are now at `from`. The last chunk and its
- * trailer leave `remaining` at -1.
+ * trailer leave the state at done.
  */
 function decodeChunked(
   framing: Extract<Framing, { kind: 'chunked' }>,
@@ -337,7 +340,7 @@ function decodeChunked(
   let read = from;
   let write = from;
   const end = from + bytes;
-  while (read < end && !(framing.state === 'trailer' && framing.remaining < 0)) {
+  while (read < end && framing.state !== 'done') {
     if (framing.state === 'data') {
       const take = Math.min(framing.remaining, end - read);
       if (write !== read) batch.copyWithin(write, read, read + take);
@@ -350,8 +353,9 @@ function decodeChunked(
       }
       continue;
     }
-    const newline = batch.indexOf(CRLF[1] as number, read);
-    const lineEnd = newline < 0 || newline >= end ? end : newline + 1;
+    // Up to and with the line's LF, or to the end of what arrived.
+    const newline = batch.subarray(read, end).indexOf(LF);
+    const lineEnd = newline < 0 ? end : read + newline + 1;
     framing.line += batch.toString('latin1', read, lineEnd);
     read = lineEnd;
     if (framing.line.length > MAX_CHUNK_LINE_BYTES)
@@ -368,7 +372,7 @@ function decodeChunked(
       if (!size?.[1]) throw new HttpProtocolError(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
       framing.remaining = Number.parseInt(size[1], 16);
       framing.state = framing.remaining === 0 ? 'trailer' : 'data';
-    } else if (line === '') framing.remaining = -1;
+    } else if (line === '') framing.state = 'done';
   }
   return write - from;
 }
