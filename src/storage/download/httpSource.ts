@@ -21,8 +21,8 @@ import {
 import { redactUrl } from './url.ts';
 
 const MAX_REDIRECTS = 5;
-/** CA bundles whose Agent is kept; Secrets with distinct private CAs are few per node. */
-const MAX_CA_DISPATCHERS = 8;
+/** CA bundles whose trust is kept; Secrets with distinct private CAs are few per node. */
+const MAX_CA_TRUSTS = 8;
 interface Trust {
   /** For undici's requests. */
   agent: Agent;
@@ -30,7 +30,7 @@ interface Trust {
   secureContext: SecureContext;
 }
 // close() lets a dropped Agent's requests in progress finish.
-const caTrusts = new LruMap<string, Trust>(MAX_CA_DISPATCHERS, ({ agent }) => void agent.close());
+const caTrusts = new LruMap<string, Trust>(MAX_CA_TRUSTS, ({ agent }) => void agent.close());
 
 /**
  * One Agent and TLS context per CA bundle, shared by every source that trusts it, so that
@@ -71,10 +71,6 @@ function parseContentRange(header: string | undefined): { start?: number; total?
     ...(match[1] !== undefined ? { start: Number(match[1]) } : {}),
     ...(match[2] !== undefined ? { total: Number(match[2]) } : {}),
   };
-}
-
-function discard(response: Response): void {
-  response.discard();
 }
 
 /** A strong ETag, else Last-Modified: what `If-Range` accepts to resume the same version. */
@@ -126,7 +122,7 @@ export class HttpSource implements ObjectSource {
   async stat({ signal }: { signal: AbortSignal }): Promise<ObjectInfo> {
     // A one-byte GET, not HEAD: presigned URLs are signed for GET only.
     const response = await this.#get({ range: 'bytes=0-0' }, signal, this.#sendSmall);
-    discard(response);
+    response.discard();
     const { total } = parseContentRange(header(response, 'content-range'));
     const length = header(response, 'content-length');
     const sizeBytes = response.statusCode === 200 && length !== undefined ? Number(length) : total;
@@ -151,14 +147,14 @@ export class HttpSource implements ObjectSource {
     const { body } = response;
     const version = versionOf(response);
     if (info.version !== undefined && version !== undefined && version !== info.version) {
-      discard(response);
+      response.discard();
       throw sourceChanged(this.description, `version ${info.version} became ${version}`);
     }
     if (response.statusCode === 206) {
       const contentRange = header(response, 'content-range');
       const { start, total } = parseContentRange(contentRange);
       if (start !== offset || total !== info.sizeBytes) {
-        discard(response);
+        response.discard();
         throw sourceChanged(
           this.description,
           `asked for bytes ${offset}- of ${info.sizeBytes}, got ${contentRange}`,
@@ -168,7 +164,7 @@ export class HttpSource implements ObjectSource {
     }
     const length = header(response, 'content-length');
     if (length !== undefined && Number(length) !== info.sizeBytes) {
-      discard(response);
+      response.discard();
       throw sourceChanged(this.description, `size ${info.sizeBytes} became ${length}`);
     }
     // A 200 to a range request: the server does not do ranges, so the body starts at 0.
@@ -188,12 +184,12 @@ export class HttpSource implements ObjectSource {
       const status = response.statusCode;
       const location = header(response, 'location');
       if (status >= 300 && status < 400 && location !== undefined) {
-        discard(response);
+        response.discard();
         url = this.#redirected(url, location, redirects);
         continue;
       }
       if (status >= 200 && status < 300) return response;
-      discard(response);
+      response.discard();
       throw this.#statusFault(status);
     }
   }

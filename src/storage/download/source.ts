@@ -1,5 +1,5 @@
 // The one interface the downloader reads bytes through, with one implementation per protocol
-// (S3 via the minio client, plain HTTP via node:http). A source throws PipelineError for a
+// (S3 via the minio client, plain HTTP in httpSource.ts). A source throws PipelineError for a
 // definite answer (not found, denied, changed); any other error is a transient fault that the
 // downloader retries, resuming at the byte where it stopped.
 import type { Readable } from 'node:stream';
