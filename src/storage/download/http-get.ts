@@ -42,7 +42,11 @@ export interface HttpGetResponse {
   discard(): void;
 }
 
-/** A response the client cannot read safely: never retried into a different result. */
+/**
+ * A response the client cannot read safely. The download retries it as any other fault (a
+ * proxy may have garbled one answer); a server that always answers so fails after the
+ * retries, with this message.
+ */
 export class HttpProtocolError extends Error {
   constructor(message: string) {
     super(message);
