@@ -14,6 +14,7 @@ import {
   type ObjectBody,
   type ObjectInfo,
   type ObjectSource,
+  RangesNotSupported,
   sourceChanged,
   transportFault,
   trustedCAs,
@@ -136,10 +137,11 @@ export class HttpSource implements ObjectSource {
     return version === undefined ? { sizeBytes } : { sizeBytes, version };
   }
 
-  async open(offset: number, info: ObjectInfo, signal: AbortSignal): Promise<ObjectBody> {
+  async open(offset: number, info: ObjectInfo, signal: AbortSignal, end?: number): Promise<ObjectBody> {
     const headers: Record<string, string> = {};
-    if (offset > 0) {
-      headers.range = `bytes=${offset}-`;
+    const bounded = end !== undefined && end < info.sizeBytes;
+    if (offset > 0 || bounded) {
+      headers.range = `bytes=${offset}-${bounded ? end - 1 : ''}`;
       // The server sends the whole (new) object instead of a range if it changed meanwhile.
       if (info.version !== undefined) headers['if-range'] = info.version;
     }
@@ -157,7 +159,7 @@ export class HttpSource implements ObjectSource {
         response.discard();
         throw sourceChanged(
           this.description,
-          `asked for bytes ${offset}- of ${info.sizeBytes}, got ${contentRange}`,
+          `asked for bytes ${headers.range?.slice('bytes='.length)} of ${info.sizeBytes}, got ${contentRange}`,
         );
       }
       return { body, offset };
@@ -166,6 +168,10 @@ export class HttpSource implements ObjectSource {
     if (length !== undefined && Number(length) !== info.sizeBytes) {
       response.discard();
       throw sourceChanged(this.description, `size ${info.sizeBytes} became ${length}`);
+    }
+    if (bounded) {
+      response.discard();
+      throw new RangesNotSupported(this.description);
     }
     // A 200 to a range request: the server does not do ranges, so the body starts at 0.
     return { body, offset: 0 };

@@ -110,7 +110,7 @@ export class S3Source implements ObjectSource {
     return { ...info, sidecar: parseSha256Sidecar(content, `s3://${bucket}/${sidecarKey}`) };
   }
 
-  async open(offset: number, info: ObjectInfo, signal: AbortSignal): Promise<ObjectBody> {
+  async open(offset: number, info: ObjectInfo, signal: AbortSignal, end?: number): Promise<ObjectBody> {
     const { endpoint, bucket, key } = this.#object;
     // The client cannot presign without credentials; an anonymous read needs no signature.
     const url =
@@ -126,7 +126,7 @@ export class S3Source implements ObjectSource {
       caBundle: this.#credentials.caBundle,
       description: this.description,
     });
-    return body.open(offset, info, signal);
+    return body.open(offset, info, signal, end);
   }
 
   /** The object's text, or undefined when it is absent. */

@@ -26,8 +26,20 @@ export interface ObjectSource {
   /** Names the object in messages; never holds secrets. */
   readonly description: string;
   stat(options: { signal: AbortSignal; withSidecar: boolean }): Promise<ObjectInfo>;
-  /** The content from `offset` to the end. Aborting `signal` ends the request and the body. */
-  open(offset: number, info: ObjectInfo, signal: AbortSignal): Promise<ObjectBody>;
+  /**
+   * The content from `offset` to `end` (exclusive; default: the end of the object). Aborting
+   * `signal` ends the request and the body. With `end`, a server that does not do ranges
+   * throws RangesNotSupported instead of sending the whole object.
+   */
+  open(offset: number, info: ObjectInfo, signal: AbortSignal, end?: number): Promise<ObjectBody>;
+}
+
+/** The server answered a range request with the whole object. */
+export class RangesNotSupported extends Error {
+  constructor(description: string) {
+    super(`${description} does not serve byte ranges`);
+    this.name = 'RangesNotSupported';
+  }
 }
 
 /** A CA bundle adds to the public roots, so redirects to public hosts keep working. */
