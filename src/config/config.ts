@@ -34,6 +34,7 @@ export interface Config {
   defaultVolumeGroup?: string;
   s3Endpoint?: string;
   s3Region: string;
+  downloadConnections: number;
   logLevel: string;
   shutdownTimeoutSeconds: number;
   workers: number;
@@ -159,6 +160,17 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'string',
     default: 'us-east-1',
     description: 'Region used to sign S3 requests',
+  },
+  {
+    key: 'downloadConnections',
+    env: 'LVP_DOWNLOAD_CONNECTIONS',
+    flag: 'download-connections',
+    kind: 'integer',
+    default: 4,
+    min: 1,
+    max: 16,
+    description:
+      'Range requests of 4 MiB that one download keeps in flight at once (1: one request per object); each can hold 4 MiB in memory. Only once the first 16 MiB show that one connection delivers slower than the download writes',
   },
   {
     key: 'logLevel',

@@ -375,6 +375,7 @@ export async function createPipeline(
   const downloader = tracedDownloader(
     createDownloader({
       pageCache,
+      connections: config.downloadConnections,
       ...(config.s3Endpoint ? { s3Endpoint: { url: config.s3Endpoint, region: config.s3Region } } : {}),
     }),
   );

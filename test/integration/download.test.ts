@@ -14,6 +14,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import { type AddressInfo, connect, createServer as createTcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startPacedLink } from '../../bench/link.ts';
 import { PipelineError } from '../../src/pipeline/types.ts';
 import {
   createDownloader,
@@ -116,30 +118,43 @@ function serveRange(content: Buffer, req: IncomingMessage, res: ServerResponse):
   res.end(content.subarray(start, end + 1));
 }
 
+interface ProxyFault {
+  kind: 'cut' | 'stall';
+  afterBytes: number;
+  /** Only a connection whose request matches; default: any. */
+  request?: RegExp;
+}
+
 /**
- * A TCP proxy in front of MinIO that counts connections and records the requests it forwards.
- * With a fault, it breaks the first connection which has carried more than `afterBytes`
- * towards the client: `cut` closes it, `stall` goes silent and keeps it open.
+ * A TCP proxy in front of MinIO (or of a paced link to it) that counts connections and
+ * records the requests it forwards. With a fault, it breaks the first connection (whose
+ * request matches) which has carried more than `afterBytes` towards the client: `cut` closes
+ * it, `stall` goes silent and keeps it open.
  */
-async function startProxy(target: MinioServer, fault?: { kind: 'cut' | 'stall'; afterBytes: number }) {
+async function startProxy(target: { host: string; port: number }, fault?: ProxyFault) {
   let armed = fault !== undefined;
   let connections = 0;
+  let mostOpen = 0;
   const requestText: string[] = [];
   const sockets = new Set<Socket>();
   const server = createTcpServer((client) => {
     connections += 1;
     sockets.add(client);
+    mostOpen = Math.max(mostOpen, sockets.size);
     client.on('close', () => sockets.delete(client));
     const upstream = connect(target.port, target.host);
     let sent = 0;
     let stalled = false;
+    let matches = fault?.request === undefined;
     client.on('data', (data: Buffer) => {
-      requestText.push(data.toString('latin1'));
+      const text = data.toString('latin1');
+      requestText.push(text);
+      matches ||= fault?.request?.test(text) ?? false;
       upstream.write(data);
     });
     upstream.on('data', (data: Buffer) => {
       sent += data.length;
-      if (fault && armed && sent > fault.afterBytes) {
+      if (fault && armed && matches && sent > fault.afterBytes) {
         armed = false;
         if (fault.kind === 'cut') {
           client.destroy();
@@ -161,6 +176,8 @@ async function startProxy(target: MinioServer, fault?: { kind: 'cut' | 'stall'; 
     endpoint: `http://127.0.0.1:${port}`,
     faulted: () => fault !== undefined && !armed,
     connections: () => connections,
+    /** The most connections that were open at once. */
+    mostOpen: () => mostOpen,
     /** Each request's first line, as `GET /bucket/key?query`. */
     requests: () => requestText.flatMap((text) => /^([A-Z]+ \S+) HTTP\/1\.1\r$/m.exec(text)?.[1] ?? []),
     ranges: () => requestText.flatMap((text) => /^range: (.*)$/im.exec(text)?.[1]?.trim() ?? []),
@@ -187,6 +204,22 @@ describe('download', { timeout: 180_000 }, () => {
     randomBytes(MiB),
     Buffer.alloc(3 * MiB),
   ]);
+
+  /** Downloads disks/plain.raw through `endpoint` into a new folder and checks what it wrote. */
+  async function downloadPlainVia(
+    endpoint: string,
+    folderName: string,
+    config: DownloaderConfig = testConfig,
+  ) {
+    const folder = emptyFolder(folderName);
+    const result = await createDownloader({ ...config, s3Endpoint: { url: endpoint } }).download(
+      { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+      { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
+    );
+    assert.equal(result.sha256, sha('sha256', plain));
+    assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
+    assert.deepEqual(readdirSync(folder), ['plain.raw']);
+  }
 
   before(async () => {
     scratch = makeWorkDir('download');
@@ -392,17 +425,8 @@ describe('download', { timeout: 180_000 }, () => {
     it('resumes an S3 download with a Range request after the connection is cut', async () => {
       const proxy = await startProxy(minio, { kind: 'cut', afterBytes: 2 * MiB });
       try {
-        const folder = emptyFolder('s3-resume');
-        const result = await createDownloader({
-          ...testConfig,
-          s3Endpoint: { url: proxy.endpoint },
-        }).download(
-          { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
-          { destinationPath: join(folder, 'plain.raw'), signal: new AbortController().signal },
-        );
+        await downloadPlainVia(proxy.endpoint, 's3-resume');
         assert.ok(proxy.faulted(), 'the proxy cut a connection');
-        assert.equal(result.sha256, sha('sha256', plain));
-        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
         const resumedAt = proxy.ranges().map((range) => Number(/^bytes=(\d+)-$/.exec(range)?.[1]));
         assert.equal(resumedAt.length, 1, `ranges: ${proxy.ranges()}`);
         assert.ok((resumedAt[0] ?? 0) > 0 && (resumedAt[0] ?? 0) <= 2 * MiB, `resumed at ${resumedAt[0]}`);
@@ -432,6 +456,76 @@ describe('download', { timeout: 180_000 }, () => {
       } finally {
         await proxy.close();
       }
+    });
+
+    describe('over parallel ranges, when one connection is slower than the download', () => {
+      /** 20 MB/s per connection: far slower than the download writes and hashes. */
+      const LINK_BYTES_PER_SECOND = 20e6;
+      const rangedConfig = {
+        ...testConfig,
+        connections: 4,
+        chunkBytes: 512 * 1024,
+        probeBytes: MiB,
+      } satisfies DownloaderConfig;
+      /**
+       * The ranges of `plain` asked for, as [first, last] byte, in order of their first byte.
+       * The last chunk asks for the rest of the object (`bytes=N-`).
+       */
+      const askedRanges = (ranges: string[]) =>
+        ranges
+          .flatMap((range) => {
+            const match = /^bytes=(\d+)-(\d*)$/.exec(range);
+            return match ? [[Number(match[1]), match[2] ? Number(match[2]) : plain.length - 1] as const] : [];
+          })
+          .sort(([a], [b]) => a - b);
+
+      async function throughLink<T>(
+        fault: ProxyFault | undefined,
+        body: (proxy: Awaited<ReturnType<typeof startProxy>>) => Promise<T>,
+      ): Promise<T> {
+        const link = await startPacedLink(minio.port, LINK_BYTES_PER_SECOND);
+        const proxy = await startProxy({ host: '127.0.0.1', port: link.port }, fault);
+        try {
+          return await body(proxy);
+        } finally {
+          await proxy.close();
+          await link.close();
+        }
+      }
+
+      it('goes on after the first bytes over several range requests at once that cover the rest', async () => {
+        await throughLink(undefined, async (proxy) => {
+          await downloadPlainVia(proxy.endpoint, 's3-ranges', rangedConfig);
+          const ranges = askedRanges(proxy.ranges());
+          assert.ok(ranges.length >= 4, `ranges: ${proxy.ranges()}`);
+          const [first] = ranges[0] ?? [0];
+          assert.ok(first >= MiB && first < plain.length, `the ranges start at ${first}, after the probe`);
+          ranges.forEach(([start, last], index) => {
+            assert.ok(
+              last - start + 1 <= rangedConfig.chunkBytes,
+              `range ${start}-${last} is one chunk at most`,
+            );
+            if (index > 0) assert.equal(start, (ranges[index - 1]?.[1] ?? 0) + 1, 'ranges follow each other');
+          });
+          assert.equal(ranges.at(-1)?.[1], plain.length - 1, 'the last range ends with the object');
+          assert.ok(proxy.mostOpen() >= 3, `at most ${proxy.mostOpen()} connections were open at once`);
+        });
+      });
+
+      it('resumes after one range request is cut, from the bytes that arrived in order', async () => {
+        const fault = { kind: 'cut', afterBytes: 100 * 1024, request: /^range: bytes=\d+-\d+\r$/im } as const;
+        await throughLink(fault, async (proxy) => {
+          await downloadPlainVia(proxy.endpoint, 's3-ranges-cut', rangedConfig);
+          assert.ok(proxy.faulted(), 'the proxy cut a range request');
+          // The cut chunk is asked for again, from where its bytes stopped.
+          const ranges = askedRanges(proxy.ranges());
+          const starts = ranges.map(([start]) => start);
+          assert.ok(
+            starts.some((start, index) => index > 0 && start < (ranges[index - 1]?.[1] ?? 0)),
+            `some bytes were asked for twice: ${proxy.ranges()}`,
+          );
+        });
+      });
     });
 
     it('ends an S3 call that gets no answer when the job is aborted', async () => {
@@ -712,6 +806,38 @@ describe('download', { timeout: 180_000 }, () => {
           server.requests.some((request) => /^bytes=[1-9]\d*-$/.test(request.range ?? '')),
           'it asked to resume before starting over',
         );
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('goes on in one request when a slow server answers a range request with the whole object', async () => {
+      // 64 KiB every 5 ms: the download waits for bytes, so it asks for ranges.
+      const writeSlowly = async (res: ServerResponse) => {
+        for (let at = 0; at < content.length && !res.destroyed; at += 64 * 1024) {
+          res.write(content.subarray(at, at + 64 * 1024));
+          await sleep(5);
+        }
+        res.end();
+      };
+      const server = await startHttpServer((_req, res) => {
+        res.writeHead(200, { 'content-length': content.length });
+        void writeSlowly(res);
+      });
+      try {
+        const folder = emptyFolder('http-slow-no-ranges');
+        const config = { ...testConfig, connections: 4, chunkBytes: 256 * 1024, probeBytes: 512 * 1024 };
+        const result = await createDownloader(config).download(
+          { url: server.url },
+          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+        );
+        assert.equal(result.sha256, sha('sha256', content));
+        assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', content));
+        const ranges = server.requests.map(({ range }) => range ?? '');
+        const bounded = ranges.filter((range) => /^bytes=[1-9]\d*-\d+$/.test(range));
+        assert.ok(bounded.length > 0, `it asked for a range after the probe: ${ranges}`);
+        assert.match(ranges.at(-1) ?? '', /^bytes=[1-9]\d*-$/, 'then for the rest in one request');
+        assert.deepEqual(readdirSync(folder), ['disk.raw']);
       } finally {
         await server.close();
       }

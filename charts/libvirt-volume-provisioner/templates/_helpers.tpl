@@ -63,6 +63,7 @@ lvmCommandPrefix: LVP_LVM_COMMAND_PREFIX
 libvirtUri: LVP_LIBVIRT_URI
 s3Endpoint: LVP_S3_ENDPOINT
 s3Region: LVP_S3_REGION
+downloadConnections: LVP_DOWNLOAD_CONNECTIONS
 logLevel: LOG_LEVEL
 logFormat: LOG_FORMAT
 shutdownTimeoutSeconds: LVP_SHUTDOWN_TIMEOUT_SECONDS

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, rm, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { addAbortSignal, Writable } from 'node:stream';
+import { addAbortSignal, type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { SourceCredentials } from '../../pipeline/types.ts';
@@ -14,9 +14,16 @@ import { BoundedWriter } from './bounded-writer.ts';
 import { type ExpectedChecksum, parseChecksum, StreamingDigests } from './checksum.ts';
 import { HttpSource } from './httpSource.ts';
 import { ddPageCache, type PageCache } from './pageCache.ts';
+import { type FetchRange, parallelRanges, StarvationProbe } from './parallel-ranges.ts';
 import { DownloadReason } from './reasons.ts';
 import { S3Source } from './s3Source.ts';
-import { errorCode, type ObjectInfo, type ObjectSource } from './source.ts';
+import {
+  errorCode,
+  type ObjectBody,
+  type ObjectInfo,
+  type ObjectSource,
+  RangesNotSupported,
+} from './source.ts';
 import { parseS3Endpoint, parseSourceUrl, type S3Endpoint } from './url.ts';
 
 /** Backoff between transfer retries, and how many faults in a row without progress end it. */
@@ -35,6 +42,17 @@ export const DEFAULT_SYNC_INTERVAL_BYTES = 64 * 1024 * 1024;
  * slower (bench/).
  */
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+/**
+ * Range requests in flight at once for one download, and the bytes each asks for. One
+ * connection to S3 gets about 50-100 MB/s; four get up to four times that. The chunks that
+ * arrive ahead of the one being hashed wait in memory: at most connections × chunk bytes,
+ * 16 MiB. Behind the bench's paced link, 4 × 4 MiB was as fast as 4 × 8 MiB and 3 × 8 MiB,
+ * with the smallest peak RSS (bench/).
+ */
+const DEFAULT_CONNECTIONS = 4;
+const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
+/** What a download reads over one request before it decides whether more would help. */
+const DEFAULT_PROBE_BYTES = 16 * 1024 * 1024;
 /** The old service's margin: the image plus 5 % must fit before a download starts. */
 export const FREE_SPACE_FACTOR = 1.05;
 
@@ -50,6 +68,12 @@ export interface DownloaderConfig {
   syncIntervalBytes?: number;
   /** Default: GNU dd; see pageCache.ts. */
   pageCache?: PageCache;
+  /** Range requests in flight at once; 1 reads each object in one request. Default 4. */
+  connections?: number;
+  /** The bytes one range request asks for. Default 4 MiB. */
+  chunkBytes?: number;
+  /** What a download reads over one request before it decides on more. Default 16 MiB. */
+  probeBytes?: number;
 }
 
 export interface DownloadSource {
@@ -121,6 +145,9 @@ interface Settings {
   progressIntervalMs: number;
   syncIntervalBytes: number;
   pageCache: PageCache;
+  connections: number;
+  chunkBytes: number;
+  probeBytes: number;
 }
 
 const DEFAULT_RETRY: RetryPolicy = { maxRetries: 5, baseMs: 1_000, maxMs: 30_000 };
@@ -138,6 +165,9 @@ export function createDownloader(config: DownloaderConfig = {}): Downloader {
     progressIntervalMs: config.progressIntervalMs ?? 1_000,
     syncIntervalBytes: config.syncIntervalBytes ?? DEFAULT_SYNC_INTERVAL_BYTES,
     pageCache: config.pageCache ?? ddPageCache(),
+    connections: config.connections ?? DEFAULT_CONNECTIONS,
+    chunkBytes: config.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+    probeBytes: config.probeBytes ?? DEFAULT_PROBE_BYTES,
   };
   return {
     async stat(source, signal) {
@@ -226,6 +256,14 @@ async function download(
     if (!closed) await file.close().catch(() => {});
     await rm(tempPath, { force: true });
     throw error;
+  }
+}
+
+/** Ends the probing request: the transfer goes on over parallel ranges. */
+class SwitchingToRanges extends Error {
+  constructor() {
+    super('switching to parallel range requests');
+    this.name = 'SwitchingToRanges';
   }
 }
 
@@ -378,6 +416,12 @@ class Transfer {
   readonly #settings: Settings;
   readonly #progress: ProgressThrottle;
   #digests: StreamingDigests;
+  /**
+   * How the transfer reads: one request whose first `probeBytes` tell whether more connections
+   * would help, then either on in it or over parallel ranges; one request for good once the
+   * server turns out not to serve ranges.
+   */
+  #mode: 'probe' | 'single' | 'ranges';
 
   constructor(
     source: ObjectSource,
@@ -398,12 +442,26 @@ class Transfer {
     this.#path = path;
     this.#settings = settings;
     this.#digests = new StreamingDigests(expected);
+    this.#mode = settings.connections > 1 && info.sizeBytes > 2 * settings.probeBytes ? 'probe' : 'single';
     this.#progress = new ProgressThrottle(info.sizeBytes, settings.progressIntervalMs, options.onProgress);
     this.#progress.report(0);
   }
 
   /** Fetches from `bytesDone` to the end; throws when cut, stalled or aborted. */
-  async attempt(userSignal: AbortSignal): Promise<void> {
+  async attempt(signal: AbortSignal): Promise<void> {
+    // Each mode change happens once at most, so this ends.
+    for (;;) {
+      try {
+        return await this.#attempt(signal);
+      } catch (error) {
+        // What arrived before counts; the rest comes as the new mode reads it.
+        if (error instanceof RangesNotSupported && this.#mode === 'ranges') this.#mode = 'single';
+        else if (!(error instanceof SwitchingToRanges)) throw error;
+      }
+    }
+  }
+
+  async #attempt(userSignal: AbortSignal): Promise<void> {
     const { stallTimeoutMs } = this.#settings;
     const stall = new AbortController();
     const signal = AbortSignal.any([userSignal, stall.signal]);
@@ -413,16 +471,22 @@ class Transfer {
     // disk; the next attempt must not start until bytesDone counts it.
     let writing: Promise<void> = Promise.resolve();
     try {
-      const { body, offset } = await this.#source.open(this.bytesDone, this.#info, signal);
+      const probe = this.#mode === 'probe' ? new StarvationProbe(this.#settings.probeBytes) : undefined;
+      const { body, offset } = await this.#open(signal);
       if (offset !== this.bytesDone) await this.#restart();
       addAbortSignal(signal, body);
       const sink = new Writable({
         highWaterMark: WRITE_BATCH_BYTES,
         writev: (chunks, callback) => {
           watchdog.refresh();
-          writing = this.#write(chunks.map(({ chunk }) => chunk as Buffer));
+          probe?.arrived();
+          const batch = chunks.map(({ chunk }) => chunk as Buffer);
+          // #write frees the chunks' memory.
+          const length = batch.reduce((sum, chunk) => sum + chunk.length, 0);
+          writing = this.#write(batch);
           writing.then(() => {
             watchdog.refresh();
+            if (probe) this.#decide(probe, length, body);
             callback();
           }, callback);
         },
@@ -437,6 +501,34 @@ class Transfer {
     }
     if (this.bytesDone < this.#info.sizeBytes)
       throw new Error(`connection closed after ${this.bytesDone} of ${this.#info.sizeBytes} bytes`);
+  }
+
+  /** Ends the probe once it knows; a starved download goes on over parallel ranges. */
+  #decide(probe: StarvationProbe, length: number, body: Readable): void {
+    if (this.#mode !== 'probe') return;
+    probe.consumed(length);
+    const starved = probe.starved();
+    if (starved === undefined) return;
+    this.#mode = starved ? 'ranges' : 'single';
+    if (starved) body.destroy(new SwitchingToRanges());
+  }
+
+  /** The rest of the object: over parallel ranges once the probe found that they help. */
+  async #open(signal: AbortSignal): Promise<ObjectBody> {
+    const { connections, chunkBytes } = this.#settings;
+    const { sizeBytes } = this.#info;
+    if (this.#mode !== 'ranges' || sizeBytes - this.bytesDone <= chunkBytes)
+      return this.#source.open(this.bytesDone, this.#info, signal);
+    const fetch: FetchRange = async (start, end, chunkSignal) =>
+      (await this.#source.open(start, this.#info, chunkSignal, end)).body;
+    const body = parallelRanges(fetch, {
+      start: this.bytesDone,
+      end: sizeBytes,
+      chunkBytes,
+      connections,
+      signal,
+    });
+    return { body, offset: this.bytesDone };
   }
 
   /** Makes the partial file durable and drops it from the page cache. */
