@@ -321,6 +321,8 @@ if (scenarios.has('speed')) {
   await controller.process.stop();
 }
 
+/** The controller's peak RSS behind the link, where downloads go over parallel ranges. */
+let linkPeakRss: number | undefined;
 // The misses again behind a link of `linkMBps` per connection, for curl and for ours alike.
 if (scenarios.has('network')) {
   const link = await startPacedLink(minio.port, linkMBps * 1e6);
@@ -346,6 +348,7 @@ if (scenarios.has('network')) {
     await provisionInto('linkRawMiss', rawKey, 'raw', sizeMiB * MiB);
     console.log(`network: run ${index}/${runs} done`);
   }
+  linkPeakRss = await peakRss(controller.process.pid);
   await controller.process.stop();
   await link.close();
 }
@@ -503,6 +506,7 @@ const report = {
   stageSeconds,
   stageBreakdown,
   memory: memoryRow,
+  ...(linkPeakRss === undefined ? {} : { linkPeakRssMB: round(linkPeakRss / 1e6, 1) }),
   scale,
 };
 mkdirSync(join(projectRoot, 'bench/results'), { recursive: true });
@@ -534,6 +538,12 @@ if (speed.length > 0) {
 if (memoryRow) {
   lines.push(
     `Peak RSS: ${memoryRow.peakRssSmallMB} MB (${smallMiB} MiB image), ${memoryRow.peakRssLargeMB} MB (${sizeMiB} MiB image), growth ${round(rssGrowth * 100, 1)} % (target ≤ 150 MB and < 10 %): ${verdict(memoryRow.pass)}`,
+    '',
+  );
+}
+if (linkPeakRss !== undefined) {
+  lines.push(
+    `Peak RSS behind the link, where downloads go over parallel range requests: ${round(linkPeakRss / 1e6, 1)} MB.`,
     '',
   );
 }
