@@ -233,6 +233,9 @@ describe('download', { timeout: 180_000 }, () => {
     await client.putObject(BUCKET, 'disks/sidecar.raw.sha256', goodSidecar);
     await client.putObject(BUCKET, 'disks/bad-sidecar.raw', badSidecarred, badSidecarred.length);
     await client.putObject(BUCKET, 'disks/bad-sidecar.raw.sha256', `${sha('sha256', plain)}\n`);
+    await client.putObject(BUCKET, 'disks/big-sidecar.raw', plain, plain.length);
+    await client.putObject(BUCKET, 'disks/big-sidecar.raw.sha256', Buffer.alloc(5000, 'a'));
+    await client.putObject(BUCKET, 'disks/gone.raw.sha256', Buffer.alloc(5000, 'a'));
   });
   after(async () => {
     await minio?.stop();
@@ -399,6 +402,18 @@ describe('download', { timeout: 180_000 }, () => {
       assert.deepEqual(readdirSync(folder), []);
     });
 
+    it('refuses a <key>.sha256 object too big to be a checksum line, and the missing image goes first', async () => {
+      const source = { url: `s3://${BUCKET}/disks/big-sidecar.raw`, credentials: credentials() };
+      const error = await rejectsWith(
+        downloader().stat(source, new AbortController().signal),
+        'InvalidChecksumSidecar',
+      );
+      assert.match(error.message, /big-sidecar\.raw\.sha256 is more than 4096 bytes/);
+      // The image and its sidecar are asked for at once; the missing image's answer wins.
+      const missing = { url: `s3://${BUCKET}/disks/gone.raw`, credentials: credentials() };
+      await rejectsWith(downloader().stat(missing, new AbortController().signal), 'SourceNotFound');
+    });
+
     it('verifies a sha512 spec checksum, which wins over the <key>.sha256 object', async () => {
       const folder = emptyFolder('s3-sha512');
       const source = {
@@ -448,11 +463,17 @@ describe('download', { timeout: 180_000 }, () => {
           assert.equal(result.sha256, sha('sha256', sidecarred));
         }
         const requests = proxy.requests();
-        // Each download states the object and its sidecar, reads the sidecar and presigns.
-        assert.equal(requests.filter((line) => line.startsWith('HEAD ')).length, 4, requests.join('\n'));
+        // Each download states the object, reads its sidecar in one GET, and presigns.
+        assert.equal(requests.filter((line) => line.startsWith('HEAD ')).length, 2, requests.join('\n'));
+        const sidecarReads = requests.filter((line) =>
+          line.startsWith('GET /images/disks/sidecar.raw.sha256'),
+        );
+        assert.equal(sidecarReads.length, 2, requests.join('\n'));
         assert.equal(requests.filter((line) => line.endsWith('?location')).length, 1, requests.join('\n'));
-        // The minio client's calls share one connection; each body has one of its own.
-        assert.equal(proxy.connections(), 3, requests.join('\n'));
+        // The minio client's calls share kept-alive connections: one for the first download,
+        // whose calls wait for the region, and a second for the next one's stat and sidecar
+        // read, which go at once. Each body has a connection of its own.
+        assert.equal(proxy.connections(), 4, requests.join('\n'));
       } finally {
         await proxy.close();
       }
