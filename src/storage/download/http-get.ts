@@ -2,8 +2,10 @@
 // (net's `onread` with a buffer chosen per read), and the body is those batches. Receiving
 // then costs no allocation per 64 KiB chunk, no copy into and out of a WebAssembly parser and
 // no stream round per chunk: 216 MB from MinIO on loopback, hashed with SHA-256, took 0.17 s
-// against undici's 0.35 s (curl, not hashing: 0.18 s). One connection per request
-// (`Connection: close`): a transfer is one long request, and small ones go through undici.
+// against undici's 0.35 s (curl, not hashing: 0.18 s). A connection whose answer ended
+// cleanly waits, kept alive, for the next request to the same server: a download over
+// parallel ranges makes one request per 4 MiB, and a new connection for each would cost a
+// TCP handshake, TCP's slow start and, over https, a TLS handshake on the main thread.
 import { connect as connectTcp, isIP, type OnReadOpts, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { type ConnectionOptions, connect as connectTls, type SecureContext } from 'node:tls';
@@ -20,6 +22,13 @@ export const MAX_HEAD_BYTES = 64 * 1024;
 const IDLE_PUSH_MS = 100;
 /** A chunk-size line (with extensions) or trailer line longer than this is refused. */
 const MAX_CHUNK_LINE_BYTES = 4 * 1024;
+/**
+ * How long a kept-alive connection waits for its next request: below the idle timeouts of
+ * common servers (Node's 5 s), so that the client, not the server, closes it.
+ */
+const IDLE_CONNECTION_MS = 4_000;
+/** Kept-alive connections per server; a download keeps at most its range requests in flight. */
+const MAX_IDLE_PER_SERVER = 16;
 
 export interface HttpGetOptions {
   /** Request headers besides Host and Connection; names and values must be plain. */
@@ -63,6 +72,122 @@ export function httpGet(url: URL, options: HttpGetOptions): Promise<HttpGetRespo
   });
 }
 
+/** The reader a connection's reads and events go to, while it has one. */
+interface ConnectionUser {
+  /** Where the next read should land; never empty. */
+  readBuffer(): Buffer;
+  /** `bytes` were read into `into`: what readBuffer gave, or a buffer given before it took over. */
+  received(bytes: number, into: Buffer): void;
+  broken(error: Error): void;
+  ended(): void;
+}
+
+/**
+ * Where a connection reads while it has no reader. Node asks for the next read's buffer right
+ * after each read (and once as it connects), so the first read for a new reader lands in the
+ * buffer asked for before: this one, or the previous reader's. The reader copies it over.
+ */
+const IDLE_READ_BUFFER = Buffer.alloc(64);
+
+/** One socket, used by one request at a time; between requests it waits in `idleConnections`. */
+class Connection {
+  readonly socket: Socket;
+  readonly server: string;
+  user: ConnectionUser | undefined;
+  /** It carried a request before: a failure before any answer may be a server that closed it. */
+  reused = false;
+  #idleTimer: NodeJS.Timeout | undefined;
+  /** Where the next read lands. */
+  #readInto: Buffer = IDLE_READ_BUFFER;
+
+  constructor(url: URL, server: string, secureContext: SecureContext | undefined) {
+    this.server = server;
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    const onread: OnReadOpts = {
+      buffer: () => {
+        this.#readInto = this.user?.readBuffer() ?? IDLE_READ_BUFFER;
+        return this.#readInto;
+      },
+      callback: (bytes: number) => {
+        // An idle connection gets nothing from a server that keeps to the protocol.
+        if (this.user) this.user.received(bytes, this.#readInto);
+        else this.close();
+        return true;
+      },
+    };
+    // tls.connect takes `onread` as net.connect does (Node's docs); @types/node omits it.
+    const tlsOptions: ConnectionOptions & { onread: OnReadOpts } = {
+      host,
+      port: Number(url.port || 443),
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...(secureContext ? { secureContext } : {}),
+      onread,
+    };
+    this.socket =
+      url.protocol === 'https:'
+        ? connectTls(tlsOptions)
+        : connectTcp({ host, port: Number(url.port || 80), onread });
+    this.socket.on('error', (error) => (this.user ? this.user.broken(error) : this.close()));
+    this.socket.on('end', () => (this.user ? this.user.ended() : this.close()));
+    this.socket.on('close', () => this.#forget());
+  }
+
+  /** A kept-alive connection to the server, else a new one; `user` gets its reads from now. */
+  static open(url: URL, secureContext: SecureContext | undefined, user: ConnectionUser): Connection {
+    const server = `${url.protocol}//${url.host} ${secureContext ? contextId(secureContext) : ''}`;
+    const connection = idleConnections.get(server)?.pop() ?? new Connection(url, server, secureContext);
+    clearTimeout(connection.#idleTimer);
+    connection.user = user;
+    connection.socket.ref();
+    connection.socket.resume();
+    return connection;
+  }
+
+  /** Waits for the next request to the server, or closes after IDLE_CONNECTION_MS. */
+  keep(): void {
+    this.user = undefined;
+    this.reused = true;
+    const idle = idleConnections.get(this.server) ?? [];
+    if (this.socket.destroyed || idle.length >= MAX_IDLE_PER_SERVER) {
+      this.close();
+      return;
+    }
+    idle.push(this);
+    idleConnections.set(this.server, idle);
+    // Reading on, so that the server's close is noticed; an idle socket keeps no process alive.
+    this.socket.resume();
+    this.socket.unref();
+    this.#idleTimer = setTimeout(() => this.close(), IDLE_CONNECTION_MS).unref();
+  }
+
+  close(): void {
+    this.user = undefined;
+    this.socket.destroy();
+    this.#forget();
+  }
+
+  #forget(): void {
+    clearTimeout(this.#idleTimer);
+    const idle = idleConnections.get(this.server);
+    const index = idle?.indexOf(this) ?? -1;
+    if (index >= 0) idle?.splice(index, 1);
+    if (idle?.length === 0) idleConnections.delete(this.server);
+  }
+}
+
+/** Kept-alive connections by server (scheme, host, port and trusted CAs). */
+const idleConnections = new Map<string, Connection[]>();
+const contextIds = new WeakMap<SecureContext, number>();
+let nextContextId = 0;
+function contextId(context: SecureContext): number {
+  let id = contextIds.get(context);
+  if (id === undefined) {
+    id = nextContextId++;
+    contextIds.set(context, id);
+  }
+  return id;
+}
+
 const LF = 0x0a;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -90,8 +215,15 @@ type Framing =
  * of the batch, and so do the bytes before a connection breaks, ahead of the error, so that
  * a resumed download starts after the bytes that arrived.
  */
-class ResponseReader {
-  readonly #socket: Socket;
+class ResponseReader implements ConnectionUser {
+  readonly #url: URL;
+  readonly #options: HttpGetOptions;
+  readonly #request: string;
+  #connection: Connection;
+  /** Bytes of the answer arrived (on this connection). */
+  #answered = false;
+  /** The answer allows the connection to carry another request after it. */
+  #keepAlive = false;
   readonly #batchBytes: number;
   readonly #signal: AbortSignal;
   #batch: Buffer;
@@ -119,32 +251,60 @@ class ResponseReader {
     this.#signal = options.signal;
     this.#batchBytes = options.batchBytes ?? BODY_BATCH_BYTES;
     this.#batch = Buffer.allocUnsafeSlow(this.#batchBytes);
-    const request = requestHead(url, options.headers);
-    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-    const onread: OnReadOpts = {
-      buffer: () => this.#batch.subarray(this.#filled),
-      callback: (bytes: number) => {
-        this.#received(bytes);
-        return true;
-      },
-    };
-    // tls.connect takes `onread` as net.connect does (Node's docs); @types/node omits it.
-    const tlsOptions: ConnectionOptions & { onread: OnReadOpts } = {
-      host,
-      port: Number(url.port || 443),
-      ...(isIP(host) === 0 ? { servername: host } : {}),
-      ...(options.secureContext ? { secureContext: options.secureContext } : {}),
-      onread,
-    };
-    this.#socket =
-      url.protocol === 'https:'
-        ? connectTls(tlsOptions)
-        : connectTcp({ host, port: Number(url.port || 80), onread });
-    // Written once connected (and, for https, once the handshake is done).
-    this.#socket.write(request);
-    this.#socket.on('error', (error) => this.#broken(error));
-    this.#socket.on('end', () => this.#ended());
+    this.#url = url;
+    this.#options = options;
+    this.#request = requestHead(url, options.headers);
+    this.#connection = this.#send();
     this.#signal.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  /** Writes the request on a kept-alive connection, or a new one (once connected). */
+  #send(): Connection {
+    const connection = Connection.open(this.#url, this.#options.secureContext, this);
+    connection.socket.write(this.#request);
+    return connection;
+  }
+
+  readBuffer(): Buffer {
+    return this.#batch.subarray(this.#filled);
+  }
+
+  received(bytes: number, into: Buffer): void {
+    this.#answered = true;
+    const mine =
+      into.buffer === this.#batch.buffer && into.byteOffset === this.#batch.byteOffset + this.#filled;
+    if (mine) {
+      this.#received(bytes);
+      return;
+    }
+    for (let offset = 0; offset < bytes && !this.#done; ) {
+      // At least a byte of room: a full batch is replaced, a head that fills one is refused.
+      const taken = Math.min(bytes - offset, this.#batch.length - this.#filled);
+      into.copy(this.#batch, this.#filled, offset, offset + taken);
+      this.#received(taken);
+      offset += taken;
+    }
+  }
+
+  ended(): void {
+    if (this.#staleConnection()) return;
+    this.#ended();
+  }
+
+  broken(error: Error): void {
+    if (this.#staleConnection()) return;
+    this.#broken(error);
+  }
+
+  /**
+   * A kept-alive connection that fails before any answer was most likely closed by the
+   * server meanwhile: the request goes once more, on a new connection.
+   */
+  #staleConnection(): boolean {
+    if (this.#done || this.#answered || !this.#connection.reused) return false;
+    this.#connection.close();
+    this.#connection = this.#send();
+    return true;
   }
 
   /** `bytes` more were read into the batch at `#filled`. */
@@ -166,7 +326,7 @@ class ResponseReader {
     if ((end < 0 ? this.#filled : end) > Math.min(MAX_HEAD_BYTES, this.#batch.length - 1))
       throw new HttpProtocolError(`the response head is longer than ${MAX_HEAD_BYTES} bytes`);
     if (end < 0) return;
-    const { statusCode, headers } = parseHead(this.#batch.toString('latin1', 0, end));
+    const { statusCode, headers, keepAlive } = parseHead(this.#batch.toString('latin1', 0, end));
     const rest = this.#filled - end - HEAD_END.length;
     this.#batch.copyWithin(0, end + HEAD_END.length, this.#filled);
     this.#filled = 0;
@@ -177,7 +337,20 @@ class ResponseReader {
     }
     this.#head = false;
     this.#framing = framingOf(headers);
-    const body = new Readable({ highWaterMark: this.#batchBytes, read: () => this.#wanted() });
+    // Only a body of known length shows where the next answer would start.
+    this.#keepAlive = keepAlive && this.#framing.kind === 'length';
+    const body = new Readable({
+      highWaterMark: this.#batchBytes,
+      read: () => this.#wanted(),
+      // A reader that stops early (a download switching to ranges) lets go of the connection.
+      destroy: (error, callback) => {
+        if (!this.#done) {
+          this.#done = true;
+          this.#close();
+        }
+        callback(error);
+      },
+    });
     this.#body = body;
     const settle = this.#settle;
     this.#settle = undefined;
@@ -193,6 +366,7 @@ class ResponseReader {
     else if (framing.kind === 'length') {
       // Bytes past the announced length are not the body's; the connection closes after it.
       const taken = Math.min(bytes, framing.remaining);
+      if (taken < bytes) this.#keepAlive = false;
       framing.remaining -= taken;
       this.#filled = from + taken;
     } else this.#filled = from + bytes;
@@ -214,8 +388,10 @@ class ResponseReader {
    */
   #wanted(): void {
     const body = this.#body;
-    if (!this.#pendingError) this.#socket.resume();
-    else if (body?.readableLength === 0) body.destroy(this.#pendingError);
+    if (!this.#pendingError) {
+      // Not once the connection went back to the pool: it may be another request's now.
+      if (this.#connection.user === this) this.#connection.socket.resume();
+    } else if (body?.readableLength === 0) body.destroy(this.#pendingError);
     else body?.push(Buffer.alloc(0));
   }
 
@@ -228,14 +404,14 @@ class ResponseReader {
     const whole = this.#pushed === 0 && this.#filled === this.#batch.length;
     const bytes = whole ? this.#batch : this.#batch.subarray(this.#pushed, this.#filled);
     this.#pushed = this.#filled;
-    if (!this.#body?.push(bytes)) this.#socket.pause();
+    if (!this.#body?.push(bytes)) this.#connection.socket.pause();
   }
 
   #finish(): void {
     this.#done = true;
     this.#pushFilled();
     this.#body?.push(null);
-    this.#close();
+    this.#close(this.#keepAlive);
   }
 
   /** The server closed the connection: the end of a close-delimited body, else too early. */
@@ -276,10 +452,16 @@ class ResponseReader {
     this.#close();
   }
 
-  #close(): void {
+  /**
+   * Lets go of the connection: kept for the next request, or closed. Once only: a kept
+   * connection may carry another request by the time this reader's body is discarded.
+   */
+  #close(keep = false): void {
     clearTimeout(this.#idlePush);
     this.#signal.removeEventListener('abort', this.#onAbort);
-    this.#socket.destroy();
+    if (this.#connection.user !== this) return;
+    if (keep) this.#connection.keep();
+    else this.#connection.close();
   }
 }
 
@@ -290,13 +472,18 @@ function requestHead(url: URL, headers: Readonly<Record<string, string>>): strin
       throw new TypeError(`invalid request header ${JSON.stringify(name)}`);
     lines.push(`${name}: ${value}`);
   }
-  lines.push('Connection: close', '', '');
+  lines.push('', '');
   return lines.join('\r\n');
 }
 
-function parseHead(head: string): { statusCode: number; headers: Record<string, string | string[]> } {
+function parseHead(head: string): {
+  statusCode: number;
+  headers: Record<string, string | string[]>;
+  /** HTTP/1.1 without `Connection: close`: the connection may carry another request. */
+  keepAlive: boolean;
+} {
   const [statusLine = '', ...fields] = head.split('\r\n');
-  const status = /^HTTP\/1\.[01] (\d{3})(?: .*)?$/.exec(statusLine);
+  const status = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(statusLine);
   if (!status)
     throw new HttpProtocolError(`not an HTTP/1.1 status line: ${JSON.stringify(statusLine.slice(0, 80))}`);
   const headers: Record<string, string | string[]> = {};
@@ -311,7 +498,9 @@ function parseHead(head: string): { statusCode: number; headers: Record<string, 
     headers[name] =
       previous === undefined ? value : [...(Array.isArray(previous) ? previous : [previous]), value];
   }
-  return { statusCode: Number(status[1]), headers };
+  const connection = [headers.connection ?? []].flat().join(',');
+  const keepAlive = status[1] === '1' && !/(?:^|,)\s*close\s*(?:,|$)/i.test(connection);
+  return { statusCode: Number(status[2]), headers, keepAlive };
 }
 
 function framingOf(headers: Record<string, string | string[]>): Framing {

@@ -2,7 +2,7 @@
 // TCP servers for the ones node:http would never send.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { createServer as createHttpServer, type RequestListener } from 'node:http';
+import { createServer as createHttpServer, type RequestListener, type ServerResponse } from 'node:http';
 import { type AddressInfo, createServer as createTcpServer, type Server, type Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { after, describe, it } from 'node:test';
@@ -66,7 +66,7 @@ async function readUntilError(body: Readable): Promise<{ received: number; error
 }
 
 describe('httpGet', () => {
-  it('sends the path, query, headers and Connection: close, and reads a Content-Length body in batches', async () => {
+  it('sends the path, query and headers, and reads a Content-Length body in batches', async () => {
     const content = randomBytes(1024 * 1024 + 7);
     let seen: Record<string, string | undefined> = {};
     const url = await httpServer((req, res) => {
@@ -88,7 +88,7 @@ describe('httpGet', () => {
     assert.deepEqual(seen, {
       url: '/disk.img?x-sig=a%2Fb',
       range: 'bytes=0-',
-      connection: 'close',
+      connection: undefined,
       host: url.host,
     });
   });
@@ -236,5 +236,70 @@ describe('httpGet', () => {
     late.abort(new Error('job deleted'));
     const { error } = await readUntilError(response.body);
     assert.match(String(error), /job deleted/);
+  });
+
+  describe('kept-alive connections', () => {
+    /** A node:http server that counts the connections it accepted. */
+    async function countingServer(answer: (res: ServerResponse, request: number) => void) {
+      let connections = 0;
+      let requests = 0;
+      const server = createHttpServer((_req, res) => answer(res, ++requests));
+      server.on('connection', () => connections++);
+      const url = await listen(server);
+      return { url, connections: () => connections };
+    }
+    const body = Buffer.from('0123456789');
+
+    it('carry the next request to the same server once an answer of known length was read', async () => {
+      const { url, connections } = await countingServer((res) => res.end(body));
+      for (let request = 0; request < 3; request++) {
+        const response = await get(url);
+        assert.deepEqual(Buffer.concat(await chunksOf(response.body)), body);
+      }
+      assert.equal(connections(), 1);
+    });
+
+    it('are not kept after an answer without a length, with Connection: close, or not read to its end', async () => {
+      for (const answer of [
+        (res: ServerResponse) => res.write(body, () => res.end()), // chunked: no length
+        (res: ServerResponse) =>
+          res.writeHead(200, { 'content-length': body.length, connection: 'close' }).end(body),
+      ]) {
+        const { url, connections } = await countingServer(answer);
+        for (let request = 0; request < 2; request++) await chunksOf((await get(url)).body);
+        assert.equal(connections(), 2);
+      }
+      // The second half comes later, so that the body is discarded before it is complete.
+      const { url, connections } = await countingServer((res) => {
+        res.writeHead(200, { 'content-length': 2 * body.length }).write(body);
+        setTimeout(() => res.end(body), 50);
+      });
+      (await get(url)).discard();
+      (await get(url)).body.destroy();
+      await chunksOf((await get(url)).body);
+      assert.equal(connections(), 3);
+    });
+
+    it('send the request again on a new connection when the server closed the kept-alive one', async () => {
+      const answer = `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+      let connections = 0;
+      // Answers the first request on each connection; a second one finds it closed.
+      const url = await listen(
+        createTcpServer((socket: Socket) => {
+          connections++;
+          let requests = 0;
+          socket.on('data', () => {
+            if (++requests === 1) socket.write(answer);
+            else socket.destroy();
+          });
+          socket.on('error', () => {});
+        }),
+      );
+      for (let request = 0; request < 2; request++) {
+        const response = await get(url);
+        assert.deepEqual(Buffer.concat(await chunksOf(response.body)), body);
+      }
+      assert.equal(connections, 2);
+    });
   });
 });
