@@ -349,6 +349,7 @@ export function tracedDownloader(downloader: Downloader): Downloader {
         async (span) => {
           const result = await downloader.download(source, options);
           span.setAttribute('image.size_bytes', result.sizeBytes);
+          span.setAttribute('image.download_connections', result.connections);
           return result;
         },
       ),

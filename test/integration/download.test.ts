@@ -219,6 +219,7 @@ describe('download', { timeout: 180_000 }, () => {
     assert.equal(result.sha256, sha('sha256', plain));
     assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
     assert.deepEqual(readdirSync(folder), ['plain.raw']);
+    return result;
   }
 
   before(async () => {
@@ -257,6 +258,7 @@ describe('download', { timeout: 180_000 }, () => {
         path: join(folder, 'plain.raw'),
         sizeBytes: plain.length,
         sha256: sha('sha256', plain),
+        connections: 1,
       });
       assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', plain));
       assert.deepEqual(readdirSync(folder), ['plain.raw']);
@@ -440,7 +442,8 @@ describe('download', { timeout: 180_000 }, () => {
     it('resumes an S3 download with a Range request after the connection is cut', async () => {
       const proxy = await startProxy(minio, { kind: 'cut', afterBytes: 2 * MiB });
       try {
-        await downloadPlainVia(proxy.endpoint, 's3-resume');
+        const { connections } = await downloadPlainVia(proxy.endpoint, 's3-resume');
+        assert.equal(connections, 1, 'an object under twice the probe is read in one request');
         assert.ok(proxy.faulted(), 'the proxy cut a connection');
         const resumedAt = proxy.ranges().map((range) => Number(/^bytes=(\d+)-$/.exec(range)?.[1]));
         assert.equal(resumedAt.length, 1, `ranges: ${proxy.ranges()}`);
@@ -516,7 +519,8 @@ describe('download', { timeout: 180_000 }, () => {
 
       it('goes on after the first bytes over several range requests at once that cover the rest', async () => {
         await throughLink(undefined, async (proxy) => {
-          await downloadPlainVia(proxy.endpoint, 's3-ranges', rangedConfig);
+          const { connections } = await downloadPlainVia(proxy.endpoint, 's3-ranges', rangedConfig);
+          assert.equal(connections, rangedConfig.connections);
           const ranges = askedRanges(proxy.ranges());
           assert.ok(ranges.length >= 4, `ranges: ${proxy.ranges()}`);
           const [first] = ranges[0] ?? [0];

@@ -248,6 +248,9 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
       assert.equal(download?.attributes['image.url'], `s3://${BUCKET}/shared.raw`);
       assert.equal(download?.attributes['image.size_bytes'], mixed.length);
       assert.ok(String(download?.attributes['image.destination_path']).length > 0);
+      // Only the downloading job's span knows how it read (one request, from loopback MinIO).
+      const own = download?.attributes['image.download_shared'] === false;
+      assert.equal(download?.attributes['image.download_connections'], own ? 1 : undefined);
     }
     for (const name of ['twin-0.img', 'twin-1.img']) {
       const written = readFileSync(join(targetDir, name));

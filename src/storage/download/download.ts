@@ -121,6 +121,8 @@ export interface DownloadResult {
   sizeBytes: number;
   /** Of the content, whatever checksum was verified. */
   sha256: string;
+  /** The most requests it kept in flight at once: 1, or up to `connections` over ranges. */
+  connections: number;
 }
 
 export interface SourceStat {
@@ -250,7 +252,7 @@ async function download(
       await rename(tempPath, destinationPath);
       await fsyncFolder(folder);
     });
-    return { path: destinationPath, sizeBytes: info.sizeBytes, sha256 };
+    return { path: destinationPath, sizeBytes: info.sizeBytes, sha256, connections: transfer.connections };
   } catch (error) {
     await transfer.idle();
     if (!closed) await file.close().catch(() => {});
@@ -406,6 +408,8 @@ class ProgressThrottle {
 /** The state of one download that outlives its attempts: bytes on disk and the hash so far. */
 class Transfer {
   bytesDone = 0;
+  /** The most requests in flight at once so far. */
+  connections = 1;
   readonly #source: ObjectSource;
   readonly #info: ObjectInfo;
   readonly #expected: ExpectedChecksum | undefined;
@@ -528,6 +532,8 @@ class Transfer {
       connections,
       signal,
     });
+    const chunks = Math.ceil((sizeBytes - this.bytesDone) / chunkBytes);
+    this.connections = Math.max(this.connections, Math.min(connections, chunks));
     return { body, offset: this.bytesDone };
   }
 

@@ -82,7 +82,7 @@ export class FakeDownloader implements Downloader {
       rmSync(partial, { force: true });
       throw error;
     }
-    return { path: destinationPath, sizeBytes: content.length, sha256: sha256(content) };
+    return { path: destinationPath, sizeBytes: content.length, sha256: sha256(content), connections: 1 };
   }
 
   /** Lets every held download finish. */
