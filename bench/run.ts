@@ -4,8 +4,8 @@
 // summary to bench/results/. The controller runs as the container image runs it (dist/ with
 // the Dockerfile's node flags; scripts/bench.sh builds dist/ first).
 // Options: --size-mib N (default 512), --runs N (default 5), --only
-// speed,network,memory,scale, --link-mbps N (default 200), --scale-objects N (default 1000),
-// --scale-nodes N (default 50).
+// speed,network,memory,endurance,scale, --link-mbps N (default 200), --endurance-jobs N
+// (default 100), --scale-objects N (default 1000), --scale-nodes N (default 50).
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
@@ -31,7 +31,7 @@ import {
 import { startPacedLink } from './link.ts';
 import { STATUS_INTERVAL_SECONDS, scaleScenario } from './scale.ts';
 import { median, round } from './stats.ts';
-import { peakRss, timeCommand, untilWatchable, watchUntil } from './timing.ts';
+import { peakRss, residentRss, timeCommand, untilWatchable, watchUntil } from './timing.ts';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -42,7 +42,8 @@ const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '512' },
     runs: { type: 'string', default: '5' },
-    only: { type: 'string', default: 'speed,network,memory,scale' },
+    only: { type: 'string', default: 'speed,network,memory,endurance,scale' },
+    'endurance-jobs': { type: 'string', default: '100' },
     'link-mbps': { type: 'string', default: '200' },
     'scale-objects': { type: 'string', default: '1000' },
     'scale-nodes': { type: 'string', default: '50' },
@@ -52,6 +53,7 @@ const sizeMiB = Number(values['size-mib']);
 const runs = Number(values.runs);
 const scenarios = new Set(values.only.split(','));
 const linkMBps = Number(values['link-mbps']);
+const enduranceJobs = Number(values['endurance-jobs']);
 const scaleObjects = Number(values['scale-objects']);
 const scaleNodes = Number(values['scale-nodes']);
 if (
@@ -59,7 +61,9 @@ if (
   sizeMiB < 8 ||
   !Number.isInteger(runs) ||
   runs < 1 ||
-  ![...scenarios].every((name) => ['speed', 'network', 'memory', 'scale'].includes(name)) ||
+  ![...scenarios].every((name) => ['speed', 'network', 'memory', 'endurance', 'scale'].includes(name)) ||
+  !Number.isInteger(enduranceJobs) ||
+  enduranceJobs < 10 ||
   !(linkMBps > 0) ||
   !Number.isInteger(scaleObjects) ||
   !Number.isInteger(scaleNodes) ||
@@ -67,7 +71,7 @@ if (
   scaleObjects < scaleNodes
 ) {
   throw new Error(
-    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,memory,scale] [--link-mbps N>0] [--scale-objects N] [--scale-nodes N<=objects]',
+    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,memory,endurance,scale] [--link-mbps N>0] [--endurance-jobs N>=10] [--scale-objects N] [--scale-nodes N<=objects]',
   );
 }
 
@@ -124,7 +128,7 @@ mkdirSync(scratch, { recursive: true });
 /** Where every baseline's curl and convert write. */
 const downloaded = join(scratch, 'download');
 const converted = join(scratch, 'converted.raw');
-const startNode = async (name: string, s3Endpoint = minio.endpoint) => {
+const startNode = async (name: string, s3Endpoint = minio.endpoint, env: Record<string, string> = {}) => {
   const dirs = controllerDirs(join(workDir, name));
   const controller = await startController({
     kubeconfig,
@@ -136,6 +140,7 @@ const startNode = async (name: string, s3Endpoint = minio.endpoint) => {
       LVP_S3_ENDPOINT: s3Endpoint,
       LVP_STATUS_UPDATE_INTERVAL_SECONDS: String(STATUS_INTERVAL_SECONDS),
       LOG_LEVEL: 'info',
+      ...env,
     },
   });
   return { controller, dirs };
@@ -371,6 +376,28 @@ if (scenarios.has('memory')) {
   console.log('memory: done');
 }
 
+// Endurance: one controller through many misses in a row, as a node's controller lives, each
+// object deleted once Ready (so the informer's cache stays small) and the cache bounded.
+const endurance: { jobs: number; rssMB: number }[] = [];
+let endurancePeakRss: number | undefined;
+if (scenarios.has('endurance')) {
+  const { controller } = await startNode('endurance', minio.endpoint, {
+    LVP_CACHE_MAX_BYTES: `${4 * smallMiB}Mi`,
+  });
+  for (let job = 1; job <= enduranceJobs; job += 1) {
+    const format = job % 2 === 0 ? 'raw' : 'qcow2';
+    const key = await freshCopy(`small.${format}`, 2000 + job);
+    const { object } = await provision(key, format, smallMiB * MiB);
+    await objects.delete(object.metadata?.name ?? '');
+    await s3.removeObject('bench', key);
+    if (job % 10 === 0)
+      endurance.push({ jobs: job, rssMB: round((await residentRss(controller.process.pid)) / 1e6, 1) });
+  }
+  endurancePeakRss = await peakRss(controller.process.pid);
+  await controller.process.stop();
+  console.log('endurance: done');
+}
+
 const scale = scenarios.has('scale')
   ? await scaleScenario(
       {
@@ -509,6 +536,9 @@ const report = {
   stageSeconds,
   stageBreakdown,
   memory: memoryRow,
+  ...(endurancePeakRss === undefined
+    ? {}
+    : { endurance: { rssAfterJobs: endurance, peakRssMB: round(endurancePeakRss / 1e6, 1) } }),
   ...(linkPeakRss === undefined ? {} : { linkPeakRssMB: round(linkPeakRss / 1e6, 1) }),
   scale,
 };
@@ -541,6 +571,13 @@ if (speed.length > 0) {
 if (memoryRow) {
   lines.push(
     `Peak RSS over a qcow2 and a raw miss: ${memoryRow.peakRssSmallMB} MB (${smallMiB} MiB images), ${memoryRow.peakRssLargeMB} MB (${sizeMiB} MiB images), growth ${round(rssGrowth * 100, 1)} % (target ≤ 150 MB and < 10 %): ${verdict(memoryRow.pass)}`,
+    '',
+  );
+}
+if (endurancePeakRss !== undefined) {
+  const samples = endurance.filter(({ jobs }) => jobs === 10 || jobs % 50 === 0 || jobs === enduranceJobs);
+  lines.push(
+    `Endurance (reference): one controller through ${enduranceJobs} misses in a row (${smallMiB} MiB images, qcow2 and raw in turn, each object deleted once Ready): RSS ${samples.map(({ jobs, rssMB }) => `${rssMB} MB after ${jobs}`).join(', ')}; peak ${round(endurancePeakRss / 1e6, 1)} MB.`,
     '',
   );
 }

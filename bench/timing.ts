@@ -88,10 +88,14 @@ export async function untilWatchable(
 }
 
 /** The peak resident set size of a process so far (VmHWM), in bytes. */
-export async function peakRss(pid: number): Promise<number> {
+export const peakRss = (pid: number) => statusBytes(pid, 'VmHWM');
+/** The resident set size of a process now (VmRSS), in bytes. */
+export const residentRss = (pid: number) => statusBytes(pid, 'VmRSS');
+
+async function statusBytes(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<number> {
   const { readFile } = await import('node:fs/promises');
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const match = /^VmHWM:\s+(\d+) kB$/m.exec(status);
-  if (!match?.[1]) throw new Error(`no VmHWM for pid ${pid}`);
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status);
+  if (!match?.[1]) throw new Error(`no ${field} for pid ${pid}`);
   return Number(match[1]) * 1024;
 }
