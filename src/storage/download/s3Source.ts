@@ -105,7 +105,7 @@ export class S3Source implements ObjectSource {
     const readSidecar = async () => (withSidecar ? this.#readSmallObject(sidecarKey, signal) : undefined);
     let stat: Awaited<ReturnType<typeof statImage>>;
     let content: string | undefined;
-    if (this.#knowsRegion()) {
+    if (this.#knownRegion() !== undefined) {
       // Both at once: a round trip less per job.
       const [image, sidecar] = await Promise.allSettled([statImage(), readSidecar()]);
       // The image's own error first: a missing image matters more than its sidecar.
@@ -180,14 +180,15 @@ export class S3Source implements ObjectSource {
     return `${endpoint.useSSL}://${endpoint.host}:${endpoint.port}/${bucket}`;
   }
 
-  #knowsRegion(): boolean {
-    return this.#object.endpoint.region !== undefined || regions.get(this.#regionKey()) !== undefined;
+  /** The configured region, else the one a call learnt for this bucket. */
+  #knownRegion(): string | undefined {
+    return this.#object.endpoint.region ?? regions.get(this.#regionKey());
   }
 
   async #call<T>(signal: AbortSignal, operation: (client: Client) => Promise<T>): Promise<T> {
     const { endpoint, bucket } = this.#object;
     const regionKey = this.#regionKey();
-    const knownRegion = endpoint.region ?? regions.get(regionKey);
+    const knownRegion = this.#knownRegion();
     const client = this.#client(signal, knownRegion);
     try {
       const result = await operation(client);
