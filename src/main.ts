@@ -1,12 +1,13 @@
 // Entry point of the controller pod: load configuration, connect to the API server, start the
 // controller, and stop it gracefully on SIGTERM within the configured timeout.
 import { readFileSync } from 'node:fs';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { CACHED_IMAGE, type CachedImage } from './api/v1alpha1.ts';
 import { type Config, ConfigError, loadConfig } from './config/config.ts';
 import { Controller } from './controller/controller.ts';
 import { customObjectApi, eventRecorder, secretReader, volumeProvisionApi } from './k8s/api.ts';
 import { errorMessage } from './k8s/errors.ts';
+import { PooledKubeConfig } from './k8s/kube-config.ts';
 import { createPipeline } from './pipeline/provisioner.ts';
 import { type BearerCheck, kubernetesReviewApi, kubernetesTokenCheck } from './server/auth.ts';
 import { readTlsFiles, reloadingTokenCheck, reloadServerTls } from './server/credentials.ts';
@@ -57,7 +58,7 @@ async function main(): Promise<void> {
     serviceVersion,
   });
   const metrics = new ProvisionerMetrics();
-  const kubeConfig = new KubeConfig();
+  const kubeConfig = new PooledKubeConfig();
   kubeConfig.loadFromDefault();
 
   const eventOptions = {
