@@ -37,7 +37,7 @@ export class PooledKubeConfig extends KubeConfig {
  * exec plugin may return a client certificate that only the library sees, so its users are
  * not pooled.
  */
-export function connectionKey(config: KubeConfig): string | undefined {
+function connectionKey(config: KubeConfig): string | undefined {
   const cluster = config.getCurrentCluster();
   const user = config.getCurrentUser();
   if (!cluster || user?.exec) return undefined;

@@ -84,6 +84,24 @@ describe('PooledKubeConfig', { timeout: 180_000 }, () => {
     assert.equal(await connectionsOpened(port, readNamespaces(config, 3)), 1);
   });
 
+  it('leaves users of an exec credential plugin unpooled', async () => {
+    // The plugin could return a client certificate, which only the library would see.
+    const kubeconfig = JSON.parse(readFileSync(kubeconfigPath, 'utf8'));
+    const plugin = join(workDir, 'credential-plugin.sh');
+    const credential = {
+      apiVersion: 'client.authentication.k8s.io/v1',
+      kind: 'ExecCredential',
+      status: { token: kubeconfig.users[0].user.token },
+    };
+    writeFileSync(plugin, `#!/bin/sh\necho '${JSON.stringify(credential)}'\n`, { mode: 0o755 });
+    kubeconfig.users[0].user = {
+      exec: { apiVersion: 'client.authentication.k8s.io/v1', command: plugin, interactiveMode: 'Never' },
+    };
+    const config = new PooledKubeConfig();
+    config.loadFromString(JSON.stringify(kubeconfig));
+    assert.equal(await connectionsOpened(port, readNamespaces(config, 3)), 3);
+  });
+
   it('serves a watch and requests beside it', async () => {
     const config = load(new PooledKubeConfig());
     const seen: string[] = [];
