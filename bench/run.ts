@@ -4,8 +4,9 @@
 // summary to bench/results/. The controller runs as the container image runs it (dist/ with
 // the Dockerfile's node flags; scripts/bench.sh builds dist/ first).
 // Options: --size-mib N (default 512), --runs N (default 5), --only
-// speed,network,memory,endurance,scale, --link-mbps N (default 200), --endurance-jobs N
-// (default 100), --scale-objects N (default 1000), --scale-nodes N (default 50).
+// speed,network,memory,endurance,scale, --link-mbps N (default 200), --link-rtt-ms N (default
+// 0), --endurance-jobs N (default 100), --scale-objects N (default 1000), --scale-nodes N
+// (default 50).
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
@@ -45,6 +46,7 @@ const { values } = parseArgs({
     only: { type: 'string', default: 'speed,network,memory,endurance,scale' },
     'endurance-jobs': { type: 'string', default: '100' },
     'link-mbps': { type: 'string', default: '200' },
+    'link-rtt-ms': { type: 'string', default: '0' },
     'scale-objects': { type: 'string', default: '1000' },
     'scale-nodes': { type: 'string', default: '50' },
   },
@@ -53,6 +55,8 @@ const sizeMiB = Number(values['size-mib']);
 const runs = Number(values.runs);
 const scenarios = new Set(values.only.split(','));
 const linkMBps = Number(values['link-mbps']);
+const linkRttMs = Number(values['link-rtt-ms']);
+const linkName = `${linkMBps} MB/s${linkRttMs > 0 ? `, ${linkRttMs} ms RTT` : ''} link`;
 const enduranceJobs = Number(values['endurance-jobs']);
 const scaleObjects = Number(values['scale-objects']);
 const scaleNodes = Number(values['scale-nodes']);
@@ -65,13 +69,14 @@ if (
   !Number.isInteger(enduranceJobs) ||
   enduranceJobs < 10 ||
   !(linkMBps > 0) ||
+  !(linkRttMs >= 0) ||
   !Number.isInteger(scaleObjects) ||
   !Number.isInteger(scaleNodes) ||
   scaleNodes < 1 ||
   scaleObjects < scaleNodes
 ) {
   throw new Error(
-    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,memory,endurance,scale] [--link-mbps N>0] [--endurance-jobs N>=10] [--scale-objects N] [--scale-nodes N<=objects]',
+    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,memory,endurance,scale] [--link-mbps N>0] [--link-rtt-ms N>=0] [--endurance-jobs N>=10] [--scale-objects N] [--scale-nodes N<=objects]',
   );
 }
 
@@ -329,9 +334,10 @@ if (scenarios.has('speed')) {
 
 /** The controller's peak RSS behind the link, where downloads go over parallel ranges. */
 let linkPeakRss: number | undefined;
-// The misses again behind a link of `linkMBps` per connection, for curl and for ours alike.
+// The misses again behind a link of `linkMBps` per connection (and `linkRttMs` of round trip),
+// for curl and for ours alike.
 if (scenarios.has('network')) {
-  const link = await startPacedLink(minio.port, linkMBps * 1e6);
+  const link = await startPacedLink(minio.port, linkMBps * 1e6, linkRttMs);
   const { controller } = await startNode('network', `http://127.0.0.1:${link.port}`);
   const viaLink = new Client({
     endPoint: '127.0.0.1',
@@ -469,14 +475,14 @@ const rows: {
   },
   { scenario: 'cache hit, qcow2 → file', ours: 'hit', baseline: 'hitSameOptions', baselineIs: sameOptions },
   {
-    scenario: `cache miss, qcow2 → file, ${linkMBps} MB/s link`,
+    scenario: `cache miss, qcow2 → file, ${linkName}`,
     ours: 'linkQcow2Miss',
     baseline: 'linkQcow2Baseline',
     baselineIs: 'curl (same link) + qemu-img convert (+sync)',
     target: 1.1,
   },
   {
-    scenario: `cache miss, raw → file, ${linkMBps} MB/s link`,
+    scenario: `cache miss, raw → file, ${linkName}`,
     ours: 'linkRawMiss',
     baseline: 'linkRawBaseline',
     baselineIs: 'max(curl (same link), qemu-img convert (+sync))',
@@ -548,7 +554,7 @@ const verdict = (pass: boolean | undefined) => (pass === undefined ? '' : pass ?
 const lines = [`# Benchmark ${report.date}`, ''];
 if (speed.length > 0) {
   lines.push(
-    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, and a download that hashes what it fetches, as ours does.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s, for curl and ours alike.` : ''}`,
+    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, and a download that hashes what it fetches, as ours does.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s${linkRttMs > 0 ? ` and delays what passes either way by ${linkRttMs / 2} ms` : ''}, for curl and ours alike.` : ''}`,
     '',
     '| scenario | ours (s) | baseline (s) | baseline | ratio (runs) | target | result |',
     '| --- | --- | --- | --- | --- | --- | --- |',

@@ -29,29 +29,31 @@ describe('startPacedLink', () => {
   });
   after(() => new Promise<void>((resolve) => server.close(() => resolve())));
 
-  it('passes requests and answers through unchanged', async () => {
-    const link = await startPacedLink(port, 500e6);
-    try {
-      for (const body of ['', 'x'.repeat(100_000)]) {
-        const response = await fetch(`http://127.0.0.1:${link.port}/`, { method: 'POST', body });
-        assert.equal(response.headers.get('x-received'), String(body.length));
-        assert.ok(Buffer.from(await response.arrayBuffer()).equals(payload));
+  for (const roundTripMs of [0, 20]) {
+    it(`passes requests and answers through unchanged (round trip ${roundTripMs} ms)`, async () => {
+      const link = await startPacedLink(port, 500e6, roundTripMs);
+      try {
+        for (const body of ['', 'x'.repeat(100_000)]) {
+          const response = await fetch(`http://127.0.0.1:${link.port}/`, { method: 'POST', body });
+          assert.equal(response.headers.get('x-received'), String(body.length));
+          assert.ok(Buffer.from(await response.arrayBuffer()).equals(payload));
+        }
+      } finally {
+        await link.close();
       }
-    } finally {
-      await link.close();
-    }
-  });
+    });
 
-  it('delivers the whole answer of a server that closes the connection after it', async () => {
-    const link = await startPacedLink(port, 50e6);
-    try {
-      // At 50 MB/s the server has sent everything and closed long before the client has it.
-      const response = await fetch(`http://127.0.0.1:${link.port}/`, { headers: { connection: 'close' } });
-      assert.ok(Buffer.from(await response.arrayBuffer()).equals(payload));
-    } finally {
-      await link.close();
-    }
-  });
+    it(`delivers the whole answer of a server that closes after it (round trip ${roundTripMs} ms)`, async () => {
+      const link = await startPacedLink(port, 50e6, roundTripMs);
+      try {
+        // At 50 MB/s the server has sent everything and closed long before the client has it.
+        const response = await fetch(`http://127.0.0.1:${link.port}/`, { headers: { connection: 'close' } });
+        assert.ok(Buffer.from(await response.arrayBuffer()).equals(payload));
+      } finally {
+        await link.close();
+      }
+    });
+  }
 
   it('ends its connections when closed, and refuses new ones', async () => {
     const link = await startPacedLink(port, 1e6);
