@@ -17,9 +17,11 @@ export class PooledKubeConfig extends KubeConfig {
    * those after it; the previous one closes once its requests (and watches) have ended.
    */
   override async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    // Read before the library reads the same files: should they change in between, the key is
+    // the older one, and the next request replaces the dispatcher kept under it.
+    const key = connectionKey(this);
     await super.applySecurityAuthentication(context);
     const fresh = context.getDispatcher();
-    const key = connectionKey(this);
     if (!fresh || key === undefined) return;
     if (this.#pool?.key === key) {
       context.setDispatcher(this.#pool.dispatcher);
