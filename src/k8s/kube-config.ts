@@ -1,7 +1,8 @@
 // A KubeConfig whose API requests share kept-alive connections. @kubernetes/client-node 2.0.1
 // builds a new undici Agent for every request, so each request paid a TCP and TLS handshake
-// (about 5 ms on loopback, 4-5 ms of it our main thread's CPU) and left one more idle socket
-// behind. client-go, and this library before undici, kept connections alive.
+// (a read took 5.5-6 ms on loopback instead of 2.6 ms, and 1.2 ms more of this process's CPU)
+// and left one more idle connection behind. client-go, and this library before undici, kept
+// connections alive.
 import { createHash } from 'node:crypto';
 import { bufferFromFileOrString, KubeConfig, type RequestContext } from '@kubernetes/client-node';
 
