@@ -610,6 +610,10 @@ if (scale) {
     `| other nodes' objects touched | ${scale.otherNodesObjectsTouched} | 0 |`,
     `| controller peak RSS | ${scale.peakRssMB} MB | |`,
     '',
+    ...scale.overBudgetJobs.map(
+      (job) =>
+        `Over the write budget: ${job.name}, ${job.writes.length} status writes (answers ${job.writes.join(', ')}) for ${job.stageChanges} stage changes in ${job.seconds} s; the watch saw ${job.seen.join(' → ')}.\n`,
+    ),
     `Scale: ${verdict(scale.pass)}`,
     '',
   );

@@ -45,6 +45,8 @@ export interface ScaleResult {
   statusWritesPerJob: number;
   /** Jobs whose status writes exceeded one per stage change plus one per coalescing interval. */
   jobsOverStatusWriteBudget: number;
+  /** Those jobs in detail, to tell why: the statuses the watch saw, and each write's answer. */
+  overBudgetJobs: OverBudgetJob[];
   peakRssMB: number;
   informerReceived: number;
   /** What a watch with this node's field selector delivered: the most the informer should get. */
@@ -53,6 +55,16 @@ export interface ScaleResult {
   unfilteredReads: number;
   otherNodesObjectsTouched: number;
   pass: boolean;
+}
+
+export interface OverBudgetJob {
+  name: string;
+  seconds: number;
+  stageChanges: number;
+  /** `Queued(2)`, `Initializing`, …: each status the watch saw, in order. */
+  seen: string[];
+  /** The HTTP status of each status write, in order. */
+  writes: number[];
 }
 
 const CREATE_CONCURRENCY = 25;
@@ -89,6 +101,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
   const readyAt = new Map<string, number>();
   const stageChanges = new Map<string, number>();
   const lastStage = new Map<string, string>();
+  const seen = new Map<string, string[]>();
   let ownWatchEvents = 0;
   let watchError: unknown;
   const startWatch = () =>
@@ -104,6 +117,8 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
         const now = performance.now();
         if (!acknowledgedAt.has(name)) acknowledgedAt.set(name, now);
         if (lastStage.get(name) !== stage) stageChanges.set(name, (stageChanges.get(name) ?? 0) + 1);
+        const position = vp.status?.queuePosition;
+        seen.set(name, [...(seen.get(name) ?? []), position ? `${stage}(${position})` : stage]);
         lastStage.set(name, stage);
         if (isReady(vp) && !readyAt.has(name)) readyAt.set(name, now);
       },
@@ -153,7 +168,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
     .auditEvents()
     .slice(auditStart)
     .filter((event) => event.user.username === username);
-  const statusWrites = new Map<string, number>();
+  const statusWrites = new Map<string, number[]>();
   for (const event of requests) {
     const ref = event.objectRef;
     if (
@@ -162,7 +177,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
       ref.subresource === 'status' &&
       ref.name
     )
-      statusWrites.set(ref.name, (statusWrites.get(ref.name) ?? 0) + 1);
+      statusWrites.set(ref.name, [...(statusWrites.get(ref.name) ?? []), event.responseStatus?.code ?? 0]);
   }
   const unfilteredReads = requests.filter(
     (event) =>
@@ -170,10 +185,12 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
       event.objectRef?.resource === 'volumeprovisions' &&
       !event.requestURI.includes(`fieldSelector=spec.nodeName%3D${encodeURIComponent(ctx.nodeName)}`),
   ).length;
-  const overBudget = mine.filter((name) => {
+  const overBudget = mine.flatMap((name): OverBudgetJob[] => {
     const seconds = ((readyAt.get(name) ?? 0) - (createdAt.get(name) ?? 0)) / 1000;
-    const budget = (stageChanges.get(name) ?? 0) + Math.ceil(seconds / STATUS_INTERVAL_SECONDS);
-    return (statusWrites.get(name) ?? 0) > budget;
+    const changes = stageChanges.get(name) ?? 0;
+    const writes = statusWrites.get(name) ?? [];
+    if (writes.length <= changes + Math.ceil(seconds / STATUS_INTERVAL_SECONDS)) return [];
+    return [{ name, seconds: round(seconds), stageChanges: changes, seen: seen.get(name) ?? [], writes }];
   });
   const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const informerReceived = [
@@ -200,8 +217,12 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
     acknowledgeP50Seconds: round(percentile(acknowledge, 50)),
     acknowledgeP99Seconds: round(percentile(acknowledge, 99)),
     apiRequestsPerJob: round(requests.length / mine.length, 1),
-    statusWritesPerJob: round([...statusWrites.values()].reduce((a, b) => a + b, 0) / mine.length, 1),
+    statusWritesPerJob: round(
+      [...statusWrites.values()].reduce((sum, writes) => sum + writes.length, 0) / mine.length,
+      1,
+    ),
     jobsOverStatusWriteBudget: overBudget.length,
+    overBudgetJobs: overBudget,
     peakRssMB: round(peak / 1e6, 1),
     informerReceived,
     ownWatchEvents,
