@@ -612,7 +612,7 @@ if (scale) {
     '',
     ...scale.overBudgetJobs.map(
       (job) =>
-        `Over the write budget: ${job.name}, ${job.writes.length} status writes (answers ${job.writes.join(', ')}) for ${job.stageChanges} stage changes in ${job.seconds} s; the watch saw ${job.seen.join(' → ')}.\n`,
+        `Over the write budget: ${job.name}, ${job.writes.length} status writes (answers ${job.writes.join(', ')}) for ${job.stageChanges} stage changes in ${round(job.seconds)} s; the watch saw ${job.seen.join(' → ')}.\n`,
     ),
     `Scale: ${verdict(scale.pass)}`,
     '',

@@ -18,6 +18,7 @@ import {
 } from '../test/support/controller.ts';
 import { percentile, round } from './stats.ts';
 import { peakRss } from './timing.ts';
+import { type OverBudgetJob, overWriteBudget, type SeenStatus } from './write-budget.ts';
 
 export interface ScaleContext {
   admin: KubeConfig;
@@ -57,16 +58,6 @@ export interface ScaleResult {
   pass: boolean;
 }
 
-export interface OverBudgetJob {
-  name: string;
-  seconds: number;
-  stageChanges: number;
-  /** `Queued(2)`, `Initializing`, …: each status the watch saw, in order. */
-  seen: string[];
-  /** The HTTP status of each status write, in order. */
-  writes: number[];
-}
-
 const CREATE_CONCURRENCY = 25;
 /**
  * The product's default coalescing interval. startController sets 1 s for the tests; the
@@ -99,9 +90,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
   const createdAt = new Map<string, number>();
   const acknowledgedAt = new Map<string, number>();
   const readyAt = new Map<string, number>();
-  const stageChanges = new Map<string, number>();
-  const lastStage = new Map<string, string>();
-  const seen = new Map<string, string[]>();
+  const seen = new Map<string, SeenStatus[]>();
   let ownWatchEvents = 0;
   let watchError: unknown;
   const startWatch = () =>
@@ -116,10 +105,8 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
         if (!stage) return;
         const now = performance.now();
         if (!acknowledgedAt.has(name)) acknowledgedAt.set(name, now);
-        if (lastStage.get(name) !== stage) stageChanges.set(name, (stageChanges.get(name) ?? 0) + 1);
-        const position = vp.status?.queuePosition;
-        seen.set(name, [...(seen.get(name) ?? []), position ? `${stage}(${position})` : stage]);
-        lastStage.set(name, stage);
+        const queuePosition = vp.status?.queuePosition;
+        seen.set(name, [...(seen.get(name) ?? []), queuePosition ? { stage, queuePosition } : { stage }]);
         if (isReady(vp) && !readyAt.has(name)) readyAt.set(name, now);
       },
       (error: unknown) => {
@@ -185,12 +172,10 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
       event.objectRef?.resource === 'volumeprovisions' &&
       !event.requestURI.includes(`fieldSelector=spec.nodeName%3D${encodeURIComponent(ctx.nodeName)}`),
   ).length;
-  const overBudget = mine.flatMap((name): OverBudgetJob[] => {
+  const overBudget = mine.flatMap((name) => {
     const seconds = ((readyAt.get(name) ?? 0) - (createdAt.get(name) ?? 0)) / 1000;
-    const changes = stageChanges.get(name) ?? 0;
-    const writes = statusWrites.get(name) ?? [];
-    if (writes.length <= changes + Math.ceil(seconds / STATUS_INTERVAL_SECONDS)) return [];
-    return [{ name, seconds: round(seconds), stageChanges: changes, seen: seen.get(name) ?? [], writes }];
+    const job = { name, seconds, seen: seen.get(name) ?? [], writes: statusWrites.get(name) ?? [] };
+    return overWriteBudget(job, STATUS_INTERVAL_SECONDS) ?? [];
   });
   const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const informerReceived = [
