@@ -25,7 +25,7 @@ import { setCondition } from './status.ts';
 export interface CachedImageReconcilerDeps {
   nodeName: string;
   cache: { get(key: string): CachedImage | undefined };
-  objects: { setFinalizers(object: CachedImage, finalizers: string[]): Promise<void> };
+  objects: { setFinalizers(object: CachedImage, finalizers: string[]): Promise<unknown> };
   secrets: SecretReader;
   events: EventRecorder<CachedImage>;
   status: StatusWriter<CachedImageStatus>;

@@ -77,27 +77,29 @@ export class Reconciler {
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { cache, nodeName, runner, logger } = this.#deps;
-    const object = cache.get(key);
-    if (!object) {
+    const cached = cache.get(key);
+    if (!cached) {
       // Gone from the API server: nothing may run for it any more.
       await runner.cancel(key);
       this.#retryAt.delete(key);
       this.#order.forget(key);
       return {};
     }
-    if (object.spec.nodeName !== nodeName) {
-      logger.warn({ key, nodeName: object.spec.nodeName }, 'ignoring an object meant for another node');
+    if (cached.spec.nodeName !== nodeName) {
+      logger.warn({ key, nodeName: cached.spec.nodeName }, 'ignoring an object meant for another node');
       return {};
     }
     this.#order.arrive(key);
-    if (object.metadata?.deletionTimestamp) return this.#finalize(key, object);
+    if (cached.metadata?.deletionTimestamp) return this.#finalize(key, cached);
 
-    const finalizers = object.metadata?.finalizers ?? [];
-    if (!finalizers.includes(FINALIZER)) {
-      // Before any external work, so that a deletion always waits for our cleanup.
-      await this.#deps.objects.setFinalizers(object, [...finalizers, FINALIZER]);
-      return {};
-    }
+    // Before any external work, so that a deletion always waits for our cleanup. The reconcile
+    // goes on with the patched object instead of waiting for its watch echo, which then finds
+    // the job submitted. (The API server adds no finalizer to an object being deleted, and the
+    // patch is conditional on the resourceVersion, so the result is never being deleted.)
+    const finalizers = cached.metadata?.finalizers ?? [];
+    const object = finalizers.includes(FINALIZER)
+      ? cached
+      : await this.#deps.objects.setFinalizers(cached, [...finalizers, FINALIZER]);
 
     const ref = refOf(object);
     this.#deps.status.observe(ref, object.status);

@@ -16,8 +16,8 @@ import type { ObjectRef, StatusApi } from './status-writer.ts';
 
 export interface CustomObjectApi<T extends KubernetesObject> extends StatusApi {
   list(fieldSelector: string | undefined): Promise<ObjectList<T>>;
-  /** Replaces metadata.finalizers, conditional on the object's resourceVersion. */
-  setFinalizers(object: T, finalizers: string[]): Promise<void>;
+  /** Replaces metadata.finalizers, conditional on the object's resourceVersion; returns the result. */
+  setFinalizers(object: T, finalizers: string[]): Promise<T>;
 }
 
 export type VolumeProvisionApi = CustomObjectApi<VolumeProvision>;
@@ -51,13 +51,17 @@ export function customObjectApi<T extends KubernetesObject>(
         async () => (await api.listClusterCustomObject(request)) as ObjectList<T>,
       );
     },
-    async setFinalizers(object, finalizers) {
+    setFinalizers(object, finalizers) {
       const { namespace = '', name = '', resourceVersion } = object.metadata ?? {};
-      await inKubernetesSpan('PATCH', resource.plural, namespace, () =>
-        api.patchNamespacedCustomObject(
-          { ...resource, namespace, name, body: { metadata: { finalizers, resourceVersion } } },
-          mergePatch,
-        ),
+      return inKubernetesSpan(
+        'PATCH',
+        resource.plural,
+        namespace,
+        async () =>
+          (await api.patchNamespacedCustomObject(
+            { ...resource, namespace, name, body: { metadata: { finalizers, resourceVersion } } },
+            mergePatch,
+          )) as T,
       );
     },
     async patchStatus(ref: ObjectRef, body: object) {

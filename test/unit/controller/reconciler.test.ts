@@ -77,6 +77,9 @@ describe('Reconciler', () => {
   let object: VolumeProvision | undefined;
   let pipeline: ScriptedPipeline;
   let finalizerPatches: string[][];
+  /** Jobs the pipeline had seen when each finalizer patch was sent. */
+  let jobsAtFinalizerPatch: number[];
+  let finalizerFailure: Error | undefined;
   let statusPatches: object[];
   let events: { type: EventType; reason: string }[];
   let requeued: string[];
@@ -89,6 +92,8 @@ describe('Reconciler', () => {
     object = volumeProvision();
     pipeline = new ScriptedPipeline();
     finalizerPatches = [];
+    jobsAtFinalizerPatch = [];
+    finalizerFailure = undefined;
     statusPatches = [];
     events = [];
     requeued = [];
@@ -101,7 +106,14 @@ describe('Reconciler', () => {
     reconciler = new Reconciler({
       nodeName: 'hv-1',
       cache: { get: (key) => (key === KEY ? object : undefined) },
-      objects: { setFinalizers: async (_object, finalizers) => void finalizerPatches.push(finalizers) },
+      objects: {
+        async setFinalizers(patched, finalizers) {
+          finalizerPatches.push(finalizers);
+          jobsAtFinalizerPatch.push(pipeline.requests.length);
+          if (finalizerFailure) throw finalizerFailure;
+          return { ...patched, metadata: { ...patched.metadata, finalizers, resourceVersion: '2' } };
+        },
+      },
       secrets: { read: async () => secrets },
       events: { record: (_object, type, reason) => void events.push({ type, reason }) },
       status: writer,
@@ -116,11 +128,30 @@ describe('Reconciler', () => {
 
   const stage = (): VolumeProvisionStatus['stage'] => writer.current('uid-1')?.stage;
 
-  it('adds the finalizer before any work', async () => {
+  it('adds the finalizer before any work, then goes on without waiting for its watch echo', async () => {
     object = volumeProvision({ finalizers: [] });
     await reconciler.reconcile(KEY);
+    await settle();
     assert.deepEqual(finalizerPatches, [[FINALIZER]]);
+    assert.deepEqual(jobsAtFinalizerPatch, [0]);
+    assert.equal(pipeline.requests.length, 1);
+    assert.equal(stage(), 'Completed');
+    // The echo of the patch finds the job done and changes nothing.
+    object = volumeProvision();
+    const writes = statusPatches.length;
+    await reconciler.reconcile(KEY);
+    await settle();
+    assert.equal(pipeline.requests.length, 1);
+    assert.equal(statusPatches.length, writes);
+  });
+
+  it('starts nothing when the finalizer cannot be added', async () => {
+    object = volumeProvision({ finalizers: [] });
+    finalizerFailure = new Error('409 Conflict');
+    await assert.rejects(reconciler.reconcile(KEY), /409 Conflict/);
+    await settle();
     assert.equal(pipeline.requests.length, 0);
+    assert.equal(statusPatches.length, 0);
   });
 
   it('never touches an object meant for another node', async () => {
@@ -225,10 +256,19 @@ describe('Reconciler, several objects', () => {
     pipeline.outcome = 'block';
     const runner = new JobRunner(1);
     const clock = new FakeClock();
+    /** Answers each object's finalizer patch when called. */
+    const answers = new Map<string, () => void>();
     const reconciler = new Reconciler({
       nodeName: 'hv-1',
       cache: { get: (key) => objects.get(key) },
-      objects: { setFinalizers: async () => {} },
+      objects: {
+        setFinalizers: (object, finalizers) =>
+          new Promise((resolve) =>
+            answers.set(object.metadata?.name ?? '', () =>
+              resolve({ ...object, metadata: { ...object.metadata, finalizers } }),
+            ),
+          ),
+      },
       secrets: { read: async () => ({ accessKeyId: 'AKIA', secretKey: 'shh' }) },
       events: { record: () => {} },
       status: new StatusWriter({ patchStatus: async () => {} }, { intervalMs: 5_000, clock }),
@@ -239,11 +279,14 @@ describe('Reconciler, several objects', () => {
       retryBackoff: { baseMs: 10_000, maxMs: 60_000 },
       requeue: () => {},
     });
-    // The add events, in creation order: each reconcile adds the finalizer.
-    await Promise.all([...objects.keys()].map((key) => reconciler.reconcile(key)));
-    // The finalizer patches come back in any order; so do the reconciles that submit the jobs.
-    for (const object of objects.values()) object.metadata = { ...object.metadata, finalizers: [FINALIZER] };
-    for (const name of ['q0', 'q2', 'q4', 'q1', 'q3']) await reconciler.reconcile(`ns/${name}`);
+    // The add events, in creation order: each reconcile sends its finalizer patch.
+    const reconciles = [...objects.keys()].map((key) => reconciler.reconcile(key));
+    // The patches' answers come back in any order, and each reconcile submits its job then.
+    for (const name of ['q0', 'q2', 'q4', 'q1', 'q3']) {
+      answers.get(name)?.();
+      await settle();
+    }
+    await Promise.all(reconciles);
     assert.deepEqual(
       names.map((name) => runner.positionOf(`ns/${name}`)),
       [0, 1, 2, 3, 4],
