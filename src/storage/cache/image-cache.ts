@@ -35,9 +35,11 @@ import { fsyncFolder } from '../../util/fs.ts';
 import type {
   Downloader,
   DownloadMirror,
+  DownloadOptions,
   DownloadResult,
   DownloadSource,
   ExpectedChecksum,
+  PartialFile,
   SourceStat,
 } from '../download/index.ts';
 import { DownloadReason, isPartialFile, PARTIAL_FILE_PREFIX } from '../download/index.ts';
@@ -193,8 +195,8 @@ export class ImageCache {
    * A verified local copy of the source, downloaded on a miss, held until the lease is
    * released. `stat` is the source's current size and expected checksum (Downloader.stat).
    * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
-   * `mirror` gets the bytes only if this call starts the download (not on a hit, nor when it
-   * joins another job's download). On a miss, `onDownload` says at once, before any progress,
+   * `mirror` and `onWritten` get the bytes and the partial file only if this call starts the
+   * download (not on a hit, nor when it joins another job's download). On a miss, `onDownload` says at once, before any progress,
    * whether the download is this call's own or one it joined.
    */
   async acquire(
@@ -204,6 +206,7 @@ export class ImageCache {
       signal: AbortSignal;
       onProgress?: ProgressListener;
       mirror?: DownloadMirror;
+      onWritten?: (partial: PartialFile) => void;
       onDownload?: (own: boolean) => void;
     },
   ): Promise<CacheLease> {
@@ -213,7 +216,7 @@ export class ImageCache {
     if (cached) return cached;
     const key = downloadKey(source.url, stat);
     const inflight = this.#inflight.get(key);
-    const shared = inflight ?? this.#startDownload(key, source, stat, options.mirror);
+    const shared = inflight ?? this.#startDownload(key, source, stat, options);
     options.onDownload?.(inflight === undefined);
     return this.#join(shared, options.signal, options.onProgress);
   }
@@ -298,7 +301,7 @@ export class ImageCache {
     key: string,
     source: DownloadSource,
     stat: SourceStat,
-    mirror?: DownloadMirror,
+    followers: Pick<DownloadOptions, 'mirror' | 'onWritten'>,
   ): SharedDownload {
     const room = this.#makeRoom(stat.sizeBytes, stat.description);
     const shared: SharedDownload = {
@@ -310,7 +313,7 @@ export class ImageCache {
     };
     this.#inflight.set(key, shared);
     this.#downloading.add(shared);
-    shared.settled = this.#download(shared, source, stat, room, mirror);
+    shared.settled = this.#download(shared, source, stat, room, followers);
     this.#track(shared.settled);
     return shared;
   }
@@ -321,7 +324,7 @@ export class ImageCache {
     source: DownloadSource,
     stat: SourceStat,
     room: Promise<void>,
-    mirror: DownloadMirror | undefined,
+    { mirror, onWritten }: Pick<DownloadOptions, 'mirror' | 'onWritten'>,
   ) {
     // A partial-file name: if the process dies before the commit, open() removes it.
     const incoming = join(this.#dir, `${PARTIAL_FILE_PREFIX}incoming-${randomBytes(8).toString('hex')}`);
@@ -335,6 +338,7 @@ export class ImageCache {
           for (const waiter of shared.waiters) waiter.onProgress?.(bytesDone, bytesTotal);
         },
         ...(mirror ? { mirror } : {}),
+        ...(onWritten ? { onWritten } : {}),
         stat,
       });
       this.#rates?.record('download', result.sizeBytes, (this.#clock.now() - startedAt) / 1000);

@@ -99,6 +99,12 @@ export interface DownloadOptions {
   /** Gets every batch of received bytes too, at the same offset (see DownloadMirror). */
   mirror?: DownloadMirror;
   /**
+   * Told after each batch is written into the partial file (not yet flushed), and with 0 when
+   * the download starts over; it must not throw. Bytes [0, bytes) of `path` may be read from
+   * then on, until the download settles; the file may end early where zeros were skipped.
+   */
+  onWritten?: (partial: PartialFile) => void;
+  /**
    * What `stat` returned for this source. The download then asks the server nothing more
    * before the transfer, and an object that changed since fails with SourceChanged, so the
    * caller never files new content under the old stat.
@@ -114,6 +120,13 @@ export interface DownloadOptions {
  */
 export interface DownloadMirror {
   write(chunks: readonly Buffer[], position: number): Promise<void>;
+}
+
+/** The file a download writes before it is verified and renamed into place. */
+export interface PartialFile {
+  path: string;
+  /** Written from offset 0. */
+  bytes: number;
 }
 
 export interface DownloadResult {
@@ -220,7 +233,7 @@ function statted(source: DownloadSource, stat: SourceStat, settings: Settings) {
 
 async function download(
   source: DownloadSource,
-  { destinationPath, signal, onProgress, mirror, stat }: DownloadOptions,
+  { destinationPath, signal, onProgress, mirror, onWritten, stat }: DownloadOptions,
   settings: Settings,
 ): Promise<DownloadResult> {
   const { objectSource, info, expected } = stat
@@ -235,6 +248,7 @@ async function download(
   const transfer = new Transfer(objectSource, info, expected, file, tempPath, settings, {
     ...(onProgress ? { onProgress } : {}),
     ...(mirror ? { mirror } : {}),
+    ...(onWritten ? { onWritten } : {}),
   });
   try {
     await withRetries(
@@ -416,6 +430,7 @@ class Transfer {
   readonly #file: FileHandle;
   readonly #writer: BoundedWriter;
   readonly #mirror: DownloadMirror | undefined;
+  readonly #onWritten: ((partial: PartialFile) => void) | undefined;
   readonly #path: string;
   readonly #settings: Settings;
   readonly #progress: ProgressThrottle;
@@ -434,7 +449,7 @@ class Transfer {
     file: FileHandle,
     path: string,
     settings: Settings,
-    options: { onProgress?: (progress: DownloadProgress) => void; mirror?: DownloadMirror },
+    options: Pick<DownloadOptions, 'onProgress' | 'mirror' | 'onWritten'>,
   ) {
     this.#source = source;
     this.#info = info;
@@ -443,6 +458,7 @@ class Transfer {
     // The partial file is new: zeros become holes, and download() sets the size at the end.
     this.#writer = new BoundedWriter(file, path, { ...settings, skipZeroBlocks: true });
     this.#mirror = options.mirror;
+    this.#onWritten = options.onWritten;
     this.#path = path;
     this.#settings = settings;
     this.#digests = new StreamingDigests(expected);
@@ -577,6 +593,7 @@ class Transfer {
     await written;
     releaseChunks(chunks);
     this.bytesDone += length;
+    this.#onWritten?.({ path: this.#path, bytes: this.bytesDone });
     this.#progress.report(this.bytesDone);
   }
 
@@ -585,5 +602,6 @@ class Transfer {
     await onDisk(dirname(this.#path), () => this.#file.truncate(0));
     this.#digests = new StreamingDigests(this.#expected);
     this.bytesDone = 0;
+    this.#onWritten?.({ path: this.#path, bytes: 0 });
   }
 }

@@ -11,6 +11,7 @@ export type {
   DownloadProgress,
   DownloadResult,
   DownloadSource,
+  PartialFile,
   RetryPolicy,
   SourceStat,
 } from './download.ts';
