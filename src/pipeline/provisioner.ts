@@ -15,6 +15,7 @@ import {
   type DownloadSource,
   ddPageCache,
   type PageCache,
+  type PartialFile,
   TrailingEviction,
 } from '../storage/download/index.ts';
 import { type LibvirtPools, virshPools } from '../storage/libvirt/virsh.ts';
@@ -37,7 +38,8 @@ import { inSpan, recordFailure, startSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
 import { RawTargetMirror } from './raw-mirror.ts';
-import { FileTargets, LvmTargets, type TargetBackend } from './targets.ts';
+import { type StreamedConversion, StreamingConversion } from './streaming-conversion.ts';
+import { FileTargets, LvmTargets, type PreparedTarget, type TargetBackend } from './targets.ts';
 import {
   type CacheControl,
   type Pipeline,
@@ -138,8 +140,73 @@ export class Provisioner implements Pipeline, CacheControl {
               options.logger?.info({ reason }, 'stopped writing the raw image while downloading'),
           })
         : undefined;
+    /** qemu-img into the target; a file target's pages are flushed and evicted as it goes. */
+    const convertInto = async (
+      target: PreparedTarget,
+      convertSource: { path: string; isExport: boolean },
+      virtualSize: number,
+      onBytes: (bytes: number) => void,
+    ) => {
+      // qemu-img flushes a file target as it writes, but leaves its pages cached (qemu-img.ts).
+      const eviction = target.isBlockDevice
+        ? undefined
+        : new TrailingEviction(
+            this.#pageCache.pageCache,
+            target.writePath,
+            this.#pageCache.syncIntervalBytes,
+          );
+      try {
+        await this.#deps.qemuImg.convert({
+          source: convertSource.path,
+          sourceFormat: spec.source.format,
+          sourceIsExport: convertSource.isExport,
+          target: target.writePath,
+          targetIsBlockDevice: target.isBlockDevice,
+          signal,
+          onProgress: (percent) => {
+            const bytes = (percent / 100) * virtualSize;
+            eviction?.progressed(bytes);
+            onBytes(bytes);
+          },
+        });
+        await eviction?.finish();
+      } catch (error) {
+        await eviction?.idle();
+        await target.discard();
+        throw error;
+      }
+    };
+    // A qcow2 image is converted while it downloads when the network is the limit (see
+    // streaming-conversion.ts). Its progress shows once the download is done.
+    let downloaded = false;
+    let streamedBytes: { done: number; total: number } | undefined;
+    const streaming =
+      spec.source.format === 'qcow2'
+        ? new StreamingConversion({
+            qemuImg: this.#deps.qemuImg,
+            imageBytes: stat.sizeBytes,
+            targetSizeBytes: sizeBytes,
+            convertRate: rates.convert,
+            clock,
+            signal,
+            prepare,
+            convert: (target, exportUrl, info) =>
+              convertInto(target, { path: exportUrl, isExport: true }, info.virtualSize, (done) => {
+                streamedBytes = { done, total: info.virtualSize };
+                if (downloaded) onProgress(tracker.report('Converting', done, info.virtualSize));
+              }),
+            onStart: () => {
+              options.logger?.info('converting the image while it downloads');
+              tracker = new ProgressTracker({ clock, cacheHit: false, rates, writtenWhileDownloading: true });
+            },
+            onGiveUp: (reason) =>
+              options.logger?.info({ reason }, 'stopped converting the image while it downloads'),
+          })
+        : undefined;
+    let streamed: StreamedConversion | undefined;
     const discardEarly = async () => {
       if (early && !early.complete) await early.target.discard();
+      await streamed?.target.discard();
     };
     const downloadStart = clock.now();
     let entry: Awaited<ReturnType<ImageCache['acquire']>>;
@@ -155,6 +222,7 @@ export class Provisioner implements Pipeline, CacheControl {
           onProgress(tracker.report('Downloading', done, total));
         },
         ...(mirror ? { mirror } : {}),
+        ...(streaming ? { onWritten: (partial: PartialFile) => streaming.written(partial) } : {}),
         onDownload: (own) => {
           // This job's own download writes the target: it is the whole job, not a share.
           if (own && mirror)
@@ -164,9 +232,13 @@ export class Provisioner implements Pipeline, CacheControl {
       });
       joined.succeeded(entry);
       mirrored = (await mirror?.finish()) ?? false;
+      downloaded = true;
+      if (streamedBytes) onProgress(tracker.report('Converting', streamedBytes.done, streamedBytes.total));
+      streamed = await streaming?.finish(true);
     } catch (error) {
       joined.failed(error);
       await mirror?.finish();
+      await streaming?.finish(false);
       await discardEarly();
       if (!signal.aborted && isStorageFailure(error))
         metrics.storageOperation('acquire', storageErrorType(error));
@@ -190,7 +262,8 @@ export class Provisioner implements Pipeline, CacheControl {
         await discardEarly();
         throw error;
       });
-      const preparation = early ?? (await prepare());
+      const preparation =
+        early ?? (streamed ? { complete: false as const, target: streamed.target } : await prepare());
       if (preparation.complete) {
         // Written and committed before a restart: nothing left but the final steps.
         onProgress(tracker.report('Finalizing', 0, 0));
@@ -199,7 +272,7 @@ export class Provisioner implements Pipeline, CacheControl {
       }
       const { target } = preparation;
       const populate = { ...volume, 'volume.device_path': target.devicePath, 'image.path': entry.path };
-      if (mirrored) {
+      if (mirrored || streamed) {
         onProgress(tracker.report('Finalizing', 0, 0));
         await inSpan('PopulateVolume', { ...populate, 'volume.written_while_downloading': true }, () =>
           target.commit(info.virtualSize),
@@ -208,39 +281,15 @@ export class Provisioner implements Pipeline, CacheControl {
         return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: false };
       }
       onProgress(tracker.report('Converting', 0, info.virtualSize));
-      // qemu-img flushes a file target as it writes, but leaves its pages cached (qemu-img.ts).
-      const eviction = target.isBlockDevice
-        ? undefined
-        : new TrailingEviction(
-            this.#pageCache.pageCache,
-            target.writePath,
-            this.#pageCache.syncIntervalBytes,
-          );
       await inSpan('PopulateVolume', populate, async () => {
         const convertStart = clock.now();
-        try {
-          await imageStep('convert', () =>
-            this.#deps.qemuImg.convert({
-              source: entry.path,
-              sourceFormat: spec.source.format,
-              target: target.writePath,
-              targetIsBlockDevice: target.isBlockDevice,
-              signal,
-              onProgress: (percent) => {
-                const seconds = (clock.now() - convertStart) / 1000;
-                const bytes = (percent / 100) * info.virtualSize;
-                if (seconds > 0) metrics.stageThroughput('convert', bytes / seconds);
-                eviction?.progressed(bytes);
-                onProgress(tracker.report('Converting', bytes, info.virtualSize));
-              },
-            }),
-          );
-          await eviction?.finish();
-        } catch (error) {
-          await eviction?.idle();
-          await target.discard();
-          throw error;
-        }
+        await imageStep('convert', () =>
+          convertInto(target, { path: entry.path, isExport: false }, info.virtualSize, (bytes) => {
+            const seconds = (clock.now() - convertStart) / 1000;
+            if (seconds > 0) metrics.stageThroughput('convert', bytes / seconds);
+            onProgress(tracker.report('Converting', bytes, info.virtualSize));
+          }),
+        );
         const convertSeconds = (clock.now() - convertStart) / 1000;
         metrics.stageCompleted('convert', convertSeconds, info.virtualSize);
         this.#deps.rates?.record('convert', info.virtualSize, convertSeconds);

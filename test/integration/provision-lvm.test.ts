@@ -200,6 +200,24 @@ describe('Provisioner into real LVM (User-mode Linux)', { timeout: 400_000 }, ()
     assert.equal(result.downloads, 1, 'fetched from MinIO once');
   });
 
+  it('converts a qcow2 image into an LV while it downloads (over NBD), byte for byte', () => {
+    const result = scenario('stream-qcow2-into-lv');
+    const value = successValue(outcomeOf(result)) as ProvisionResult;
+    assert.equal(value.devicePath, `/dev/${VG}/${volumeNames.streamed}`);
+    assert.equal(value.cacheHit, false);
+    const log = result.log as { message: string; reason?: string }[];
+    assert.deepEqual(
+      log.map((line) => line.message + (line.reason ? `: ${line.reason}` : '')),
+      ['converting the image while it downloads'],
+    );
+    const conversions = result.conversions as { source: string; sourceIsExport: boolean }[];
+    assert.equal(conversions.length, 1);
+    assert.equal(conversions[0]?.sourceIsExport, true);
+    assert.match(conversions[0]?.source ?? '', /^nbd\+unix:/);
+    assert.equal(volume(volumesOf(result), volumeNames.streamed)?.lv_tags, `lvp.dev/uid=${uids.streamed}`);
+    assert.equal(result.sha256, result.expectedSha256);
+  });
+
   it('refuses a same-named LV it did not create (VolumeConflict) and leaves it untouched', () => {
     const result = scenario('conflict-untagged');
     const message = errorOf(outcomeOf(result), 'VolumeConflict', true);

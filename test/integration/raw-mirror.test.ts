@@ -23,6 +23,7 @@ import { inJobSpan } from '../../src/telemetry/tracing.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { residentBytes } from '../support/page-cache.ts';
+import { fileRequests } from '../support/requests.ts';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'images';
@@ -131,28 +132,21 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     context.disable();
   });
 
-  let uidCounter = 0;
+  const fileRequest = fileRequests();
   const request = (
     key: string,
     volumeName: string,
     extra: { checksum?: string; format?: ImageFormat } = {},
   ) =>
-    ({
-      uid: `00000000-0000-4000-8000-${String(++uidCounter).padStart(12, '0')}`,
-      namespace: 'default',
-      name: volumeName,
-      spec: {
-        nodeName: 'node-a',
-        source: {
-          url: `s3://${BUCKET}/${key}`,
-          format: extra.format ?? 'raw',
-          ...(extra.checksum ? { checksum: extra.checksum } : {}),
-        },
-        target: { type: 'file', volumeName, size: 32 * MiB },
-        reclaimPolicy: 'Delete',
-      },
+    fileRequest({
+      bucket: BUCKET,
+      key,
+      volumeName,
+      format: extra.format ?? 'raw',
+      sizeBytes: 32 * MiB,
       credentials: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
-    }) satisfies ProvisionRequest;
+      ...(extra.checksum ? { checksum: extra.checksum } : {}),
+    });
   const provision = (req: ProvisionRequest, progress: ProgressReport[] = []) =>
     provisioner.provision(req, {
       signal: new AbortController().signal,

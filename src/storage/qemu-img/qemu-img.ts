@@ -20,6 +20,8 @@ export interface ConvertOptions {
   /** A raw file (created or replaced) or a block device (written in place, never created). */
   target: string;
   targetIsBlockDevice: boolean;
+  /** `source` is an NBD URL (storage/nbd), whose server reads the file: no O_DIRECT there. */
+  sourceIsExport?: boolean;
   /** Aborting it kills qemu-img; convert then rejects with the signal's reason. */
   signal?: AbortSignal;
   /** Percent done, 0 to 100, rising only; the last call reports 100 on success. */
@@ -54,9 +56,13 @@ export interface QemuImgOptions {
  *   faster than O_DIRECT into an ext4 file. The pages stay cached, clean: the caller evicts them.
  * - `-T none` reads the source with O_DIRECT: a cached image read once stays out of the page
  *   cache. The cache folder needs a filesystem with O_DIRECT (not tmpfs), and so does an LV.
+ *   An NBD source has no O_DIRECT: its server reads the file as the download writes it.
  */
-export function convertCacheOptions(targetIsBlockDevice: boolean): readonly string[] {
-  return targetIsBlockDevice ? ['-t', 'none', '-T', 'none'] : ['-t', 'writethrough', '-T', 'none', '-W'];
+export function convertCacheOptions(targetIsBlockDevice: boolean, sourceIsExport = false): readonly string[] {
+  const directSource = sourceIsExport ? [] : ['-T', 'none'];
+  return targetIsBlockDevice
+    ? ['-t', 'none', ...directSource]
+    : ['-t', 'writethrough', ...directSource, '-W'];
 }
 
 /** qemu-img's stderr, trimmed to what a status message can carry. */
@@ -124,7 +130,7 @@ export function createQemuImg(options: QemuImgOptions = {}): QemuImg {
       }
     },
 
-    async convert({ source, sourceFormat, target, targetIsBlockDevice, signal, onProgress }) {
+    async convert({ source, sourceFormat, target, targetIsBlockDevice, sourceIsExport, signal, onProgress }) {
       signal?.throwIfAborted();
       const args = [
         'convert',
@@ -133,7 +139,7 @@ export function createQemuImg(options: QemuImgOptions = {}): QemuImg {
         sourceFormat,
         '-O',
         'raw',
-        ...convertCacheOptions(targetIsBlockDevice),
+        ...convertCacheOptions(targetIsBlockDevice, sourceIsExport),
         // A block device exists already and cannot be created; qemu-img still writes its zeros,
         // because a new LV may hold an old volume's data.
         ...(targetIsBlockDevice ? ['-n'] : []),

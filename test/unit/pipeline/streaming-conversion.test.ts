@@ -1,0 +1,72 @@
+// When a qcow2 image is converted while it downloads: the rule, and the decision it drives.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  convertWhileDownloading,
+  RATE_SAMPLE_BYTES,
+  StreamingConversion,
+} from '../../../src/pipeline/streaming-conversion.ts';
+import type { QemuImg } from '../../../src/storage/qemu-img/qemu-img.ts';
+import { FakeClock } from '../../support/fake-clock.ts';
+
+const MB = 1e6;
+
+describe('convertWhileDownloading', () => {
+  it('waits for enough bytes to judge the rate', () => {
+    assert.equal(convertWhileDownloading(RATE_SAMPLE_BYTES - 1, 10, 200 * MB), undefined);
+    assert.equal(convertWhileDownloading(RATE_SAMPLE_BYTES, 0, 200 * MB), undefined);
+  });
+
+  it('converts while downloading only below half the conversion rate', () => {
+    const seconds = (rate: number) => RATE_SAMPLE_BYTES / rate;
+    assert.equal(convertWhileDownloading(RATE_SAMPLE_BYTES, seconds(99 * MB), 200 * MB), true);
+    assert.equal(convertWhileDownloading(RATE_SAMPLE_BYTES, seconds(100 * MB), 200 * MB), false);
+    assert.equal(convertWhileDownloading(RATE_SAMPLE_BYTES, seconds(1000 * MB), 200 * MB), false);
+  });
+});
+
+describe('StreamingConversion', () => {
+  /** A conversion whose every tool fails loudly: the tests below must never reach one. */
+  const untouchable = (clock: FakeClock, convertRate: number) => {
+    const refuse = () => Promise.reject(new Error('must not run'));
+    const qemuImg: QemuImg = { info: refuse, check: refuse, convert: refuse };
+    const events: string[] = [];
+    const conversion = new StreamingConversion({
+      qemuImg,
+      imageBytes: 4 * RATE_SAMPLE_BYTES,
+      targetSizeBytes: 8 * RATE_SAMPLE_BYTES,
+      convertRate,
+      clock,
+      signal: new AbortController().signal,
+      prepare: refuse,
+      convert: refuse,
+      onStart: () => events.push('start'),
+      onGiveUp: (reason) => events.push(`gave up: ${reason}`),
+    });
+    return { conversion, events };
+  };
+
+  it('leaves a download that keeps up with conversion alone, and has nothing to finish', async () => {
+    const clock = new FakeClock();
+    const { conversion, events } = untouchable(clock, 200 * MB);
+    const path = '/nonexistent/partial';
+    conversion.written({ path, bytes: 1024 });
+    clock.advance(100); // 32 MiB in 0.1 s: over 300 MB/s
+    conversion.written({ path, bytes: 1024 + RATE_SAMPLE_BYTES });
+    clock.advance(10_000); // later batches change nothing: the decision is taken once
+    conversion.written({ path, bytes: 2 * RATE_SAMPLE_BYTES });
+    assert.equal(await conversion.finish(true), undefined);
+    assert.deepEqual(events, []);
+  });
+
+  it('measures from the first batch, not from the start of the job', async () => {
+    const clock = new FakeClock();
+    const { conversion, events } = untouchable(clock, 200 * MB);
+    clock.advance(60_000); // a long wait before any byte (queue, connection) is not the rate
+    conversion.written({ path: '/nonexistent/partial', bytes: 1 });
+    clock.advance(100);
+    conversion.written({ path: '/nonexistent/partial', bytes: 1 + RATE_SAMPLE_BYTES });
+    assert.equal(await conversion.finish(false), undefined);
+    assert.deepEqual(events, []);
+  });
+});
