@@ -828,12 +828,28 @@ describe('download', { timeout: 180_000 }, () => {
       });
       try {
         const folder = emptyFolder('http-no-ranges');
+        // What a reader of the partial file was told, and the file's size at that moment.
+        const told: { bytes: number; fileBytes: number }[] = [];
         const result = await createDownloader(testConfig).download(
           { url: server.url },
-          { destinationPath: join(folder, 'disk.raw'), signal: new AbortController().signal },
+          {
+            destinationPath: join(folder, 'disk.raw'),
+            signal: new AbortController().signal,
+            onWritten: ({ path, bytes }) => told.push({ bytes, fileBytes: statSync(path).size }),
+          },
         );
         assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', content));
         assert.equal(result.sha256, sha('sha256', content));
+        // It says it starts over before it empties the file, then counts from 0 again.
+        const restart = told.findIndex(({ bytes }) => bytes === 0);
+        assert.ok(restart > 0, `told ${JSON.stringify(told.map(({ bytes }) => bytes))}`);
+        assert.ok((told[restart]?.fileBytes ?? 0) >= MiB, 'the file still held the first attempt');
+        assert.equal(told.at(-1)?.bytes, content.length);
+        assert.ok(
+          told
+            .slice(0, restart)
+            .every(({ bytes }, index, all) => index === 0 || bytes > (all[index - 1]?.bytes ?? 0)),
+        );
         assert.ok(
           server.requests.some((request) => /^bytes=[1-9]\d*-$/.test(request.range ?? '')),
           'it asked to resume before starting over',

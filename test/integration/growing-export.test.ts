@@ -82,6 +82,18 @@ describe('GrowingExport (real qemu-img over NBD)', { timeout: 60_000 }, () => {
     await assert.rejects(conversion, /Input\/output error/);
   });
 
+  it('fails once the download starts over, since the file is about to be emptied', async (t) => {
+    const { exported, path } = await exportWith(qcow2.length);
+    t.after(() => exported.close());
+    assert.ok(await exported.read(0, 512), 'a read before the restart is answered');
+    exported.written({ path, bytes: 0 });
+    assert.equal(await exported.read(0, 512), undefined);
+    await assert.rejects(
+      run('qemu-img', ['info', '--output=json', '-f', 'qcow2', exported.url]),
+      /Input\/output error|Could not read/,
+    );
+  });
+
   it('is read-only: a write is refused and the file stays as it was', async (t) => {
     const { exported, path } = await exportWith(qcow2.length);
     t.after(() => exported.close());

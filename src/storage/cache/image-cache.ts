@@ -196,8 +196,9 @@ export class ImageCache {
    * released. `stat` is the source's current size and expected checksum (Downloader.stat).
    * Rejects with `signal.reason` when aborted; the shared download stops when no job waits.
    * `mirror` and `onWritten` get the bytes and the partial file only if this call starts the
-   * download (not on a hit, nor when it joins another job's download). On a miss, `onDownload` says at once, before any progress,
-   * whether the download is this call's own or one it joined.
+   * download (not on a hit, nor when it joins another job's download). On a miss,
+   * `onDownload` says at once, before any progress, whether the download is this call's own
+   * or one it joined.
    */
   async acquire(
     source: DownloadSource,

@@ -100,7 +100,7 @@ export interface DownloadOptions {
   mirror?: DownloadMirror;
   /**
    * Told after each batch is written into the partial file (not yet flushed), and with 0 when
-   * the download starts over; it must not throw. Bytes [0, bytes) of `path` may be read from
+   * the download starts over, before the file is emptied; it must not throw. Bytes [0, bytes) of `path` may be read from
    * then on, until the download settles; the file may end early where zeros were skipped.
    */
   onWritten?: (partial: PartialFile) => void;
@@ -599,9 +599,10 @@ class Transfer {
 
   /** The server ignored the range and sends from byte 0: start over, file and hash. */
   async #restart(): Promise<void> {
+    // Told first: a reader must not take the truncated file's zeros for the image's bytes.
+    this.#onWritten?.({ path: this.#path, bytes: 0 });
     await onDisk(dirname(this.#path), () => this.#file.truncate(0));
     this.#digests = new StreamingDigests(this.#expected);
     this.bytesDone = 0;
-    this.#onWritten?.({ path: this.#path, bytes: 0 });
   }
 }

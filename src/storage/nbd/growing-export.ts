@@ -127,10 +127,13 @@ export class GrowingExport {
   }
 
   /**
-   * The download has written bytes [0, bytes) of `path`; a smaller figure means it started
-   * over. The file is opened at the first call, so the download may rename it later.
+   * The download has written bytes [0, bytes) of `path`. The file is opened at the first call,
+   * so the download may rename it later. A smaller figure means the download starts over and
+   * is about to empty the file: the export then fails, since a read in flight could return
+   * the emptied file's zeros.
    */
   written({ path, bytes }: PartialFile): void {
+    if (bytes < this.#available) this.fail(new Error('the download started over'));
     if (this.#file === undefined) {
       this.#file = open(path, 'r');
       // A failed open answers the reads with EIO (read); it must not go unhandled here.
@@ -273,7 +276,8 @@ export class GrowingExport {
       // Zeros the download skipped are holes, and the file may end before them: they read as 0.
       const { bytesRead } = await file.read(data, 0, length, offset);
       data.fill(0, bytesRead, length);
-      return true;
+      // Not if the download started over while the read ran.
+      return this.#failure === undefined;
     } catch {
       return false;
     }
