@@ -120,8 +120,9 @@ export class StreamingConversion {
   async #convert(exported: GrowingExport): Promise<StreamedConversion | undefined> {
     const { qemuImg, targetSizeBytes, signal } = this.#options;
     let target: PreparedTarget | undefined;
-    const socketDir = await mkdtemp(join(tmpdir(), 'lvp-nbd-'));
+    let socketDir: string | undefined;
     try {
+      socketDir = await mkdtemp(join(tmpdir(), 'lvp-nbd-'));
       await exported.listen(join(socketDir, `${randomBytes(4).toString('hex')}.sock`));
       const header = await exported.read(0, Math.min(headerBytes, this.#options.imageBytes));
       if (!header) return this.#giveUp('the first bytes could not be read');
@@ -143,7 +144,7 @@ export class StreamingConversion {
       return this.#giveUp((error as Error).message);
     } finally {
       await exported.close();
-      await rm(socketDir, { recursive: true, force: true });
+      if (socketDir) await rm(socketDir, { recursive: true, force: true });
     }
   }
 
