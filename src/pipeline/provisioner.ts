@@ -38,7 +38,11 @@ import { inSpan, recordFailure, startSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
 import { RawTargetMirror } from './raw-mirror.ts';
-import { type StreamedConversion, StreamingConversion } from './streaming-conversion.ts';
+import {
+  removeStaleSocketFolders,
+  type StreamedConversion,
+  StreamingConversion,
+} from './streaming-conversion.ts';
 import { FileTargets, LvmTargets, type PreparedTarget, type TargetBackend } from './targets.ts';
 import {
   type CacheControl,
@@ -441,6 +445,12 @@ export async function createPipeline(
     ...(config.cacheMaxAgeHours === undefined ? {} : { maxAgeMs: config.cacheMaxAgeHours * 3_600_000 }),
   });
   const report = await cache.open();
+  const staleSockets = await removeStaleSocketFolders();
+  if (staleSockets.length > 0)
+    logger.info(
+      { folders: staleSockets },
+      'removed NBD socket folders that conversions left before a restart',
+    );
   if (report.removedFiles.length > 0 || report.removedEntries.length > 0) {
     logger.info(
       report,

@@ -14,7 +14,7 @@
 // Anything unexpected makes it give up and discard what it wrote: the job then converts from
 // the cache as it would have without it.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PartialFile } from '../storage/download/index.ts';
@@ -24,6 +24,35 @@ import { evaluateHeader, evaluateInfo, headerBytes } from '../storage/qemu-img/p
 import type { QemuImg } from '../storage/qemu-img/qemu-img.ts';
 import type { Clock } from '../util/clock.ts';
 import type { PreparedTarget, TargetPreparation } from './targets.ts';
+
+/** Each conversion's NBD socket lives in `<tmpdir>/lvp-nbd-<pid>-XXXXXX`, removed after it. */
+const SOCKET_FOLDER_PREFIX = 'lvp-nbd-';
+const SOCKET_FOLDER = /^lvp-nbd-(\d+)-/;
+
+/**
+ * Removes the socket folders that conversions of a process that died left in `parent`. Call
+ * at start-up: /tmp is an emptyDir that outlives a crashed container. Folders of other live
+ * processes (tests, `npm run local`) stay; this process's PID may be a dead predecessor's,
+ * since a new container numbers its processes anew, and it has no conversion yet.
+ */
+export async function removeStaleSocketFolders(parent = tmpdir()): Promise<string[]> {
+  const stale = (await readdir(parent).catch(() => [])).filter((name) => {
+    const pid = Number(SOCKET_FOLDER.exec(name)?.[1]);
+    return Number.isInteger(pid) && (pid === process.pid || !processExists(pid));
+  });
+  await Promise.all(stale.map((name) => rm(join(parent, name), { recursive: true, force: true })));
+  return stale;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, as another user's.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 /** The download's rate is judged over this many bytes, from its first batch on. */
 export const RATE_SAMPLE_BYTES = 32 * 1024 * 1024;
@@ -122,7 +151,7 @@ export class StreamingConversion {
     let target: PreparedTarget | undefined;
     let socketDir: string | undefined;
     try {
-      socketDir = await mkdtemp(join(tmpdir(), 'lvp-nbd-'));
+      socketDir = await mkdtemp(join(tmpdir(), `${SOCKET_FOLDER_PREFIX}${process.pid}-`));
       await exported.listen(join(socketDir, `${randomBytes(4).toString('hex')}.sock`));
       const header = await exported.read(0, Math.min(headerBytes, this.#options.imageBytes));
       if (!header) return this.#giveUp('the first bytes could not be read');

@@ -1,9 +1,14 @@
 // When a qcow2 image is converted while it downloads: the rule, and the decision it drives.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import {
   convertWhileDownloading,
   RATE_SAMPLE_BYTES,
+  removeStaleSocketFolders,
   StreamingConversion,
 } from '../../../src/pipeline/streaming-conversion.ts';
 import type { QemuImg } from '../../../src/storage/qemu-img/qemu-img.ts';
@@ -71,5 +76,29 @@ describe('StreamingConversion', () => {
     conversion.written({ path: '/nonexistent/partial', bytes: 1 + RATE_SAMPLE_BYTES });
     assert.equal(await conversion.finish(false), undefined);
     assert.deepEqual(events, []);
+  });
+});
+
+describe('removeStaleSocketFolders', () => {
+  it("removes the folders of dead processes and its own predecessor's, and keeps the rest", async (t) => {
+    const parent = mkdtempSync(join(tmpdir(), 'stale-sockets-'));
+    t.after(() => rmSync(parent, { recursive: true, force: true }));
+    // A process that has exited: its PID is free (unless reused within this test).
+    const dead = spawnSync('true').pid;
+    const names = [
+      `lvp-nbd-${dead}-aaaaaa`,
+      `lvp-nbd-${process.pid}-bbbbbb`,
+      `lvp-nbd-${process.ppid}-cccccc`,
+      'lvp-nbd-notapid',
+      'something-else',
+    ];
+    for (const name of names) mkdirSync(join(parent, name));
+    const removed = await removeStaleSocketFolders(parent);
+    assert.deepEqual(removed.sort(), [names[0], names[1]].sort());
+    assert.deepEqual(readdirSync(parent).sort(), [names[2], names[3], names[4]].sort());
+  });
+
+  it('finds nothing to do in a folder that does not exist', async () => {
+    assert.deepEqual(await removeStaleSocketFolders(join(tmpdir(), 'no-such-folder-for-lvp')), []);
   });
 });
