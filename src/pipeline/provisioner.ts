@@ -199,8 +199,14 @@ export class Provisioner implements Pipeline, CacheControl {
                 streamedBytes = { done, total: info.virtualSize };
                 if (downloaded) onProgress(tracker.report('Converting', done, info.virtualSize));
               }),
-            onStart: () => {
-              options.logger?.info('converting the image while it downloads');
+            onStart: (downloadRate) => {
+              options.logger?.info(
+                {
+                  download_bytes_per_second: Math.round(downloadRate),
+                  convert_bytes_per_second: rates.convert,
+                },
+                'converting the image while it downloads',
+              );
               tracker = new ProgressTracker({ clock, cacheHit: false, rates, writtenWhileDownloading: true });
             },
             onGiveUp: (reason) =>

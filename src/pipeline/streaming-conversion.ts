@@ -88,8 +88,8 @@ export interface StreamingConversionOptions {
   prepare(): Promise<TargetPreparation>;
   /** Runs qemu-img into the target from `source` (the export's URL); see Provisioner. */
   convert(target: PreparedTarget, source: string, info: ImageInfo): Promise<void>;
-  /** The conversion begins: the download now fills the target too. */
-  onStart(): void;
+  /** The conversion begins, from a download measured at `downloadRate` bytes per second. */
+  onStart(downloadRate: number): void;
   /** Why it gave up, for the job's log. */
   onGiveUp(reason: string): void;
 }
@@ -104,6 +104,7 @@ export class StreamingConversion {
   readonly #options: StreamingConversionOptions;
   #first: { bytes: number; at: number } | undefined;
   #decided = false;
+  #downloadRate = 0;
   #export: GrowingExport | undefined;
   #run: Promise<StreamedConversion | undefined> | undefined;
 
@@ -120,13 +121,12 @@ export class StreamingConversion {
     if (this.#decided) return;
     const now = this.#options.clock.now();
     this.#first ??= { bytes: partial.bytes, at: now };
-    const go = convertWhileDownloading(
-      partial.bytes - this.#first.bytes,
-      (now - this.#first.at) / 1000,
-      this.#options.convertRate,
-    );
+    const bytes = partial.bytes - this.#first.bytes;
+    const seconds = (now - this.#first.at) / 1000;
+    const go = convertWhileDownloading(bytes, seconds, this.#options.convertRate);
     if (go === undefined) return;
     this.#decided = true;
+    this.#downloadRate = bytes / seconds;
     if (!go) return;
     const exported = new GrowingExport(this.#options.imageBytes);
     this.#export = exported;
@@ -165,7 +165,7 @@ export class StreamingConversion {
       // A volume committed before a restart needs no conversion.
       if (preparation.complete) return this.#giveUp('the volume is already complete');
       target = preparation.target;
-      this.#options.onStart();
+      this.#options.onStart(this.#downloadRate);
       await this.#options.convert(target, exported.url, info);
       return { target, info };
     } catch (error) {

@@ -25,6 +25,7 @@ import {
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
 import { type ConvertOptions, createQemuImg, type QemuImg } from '../../src/storage/qemu-img/qemu-img.ts';
 import { StateDatabase } from '../../src/storage/state/database.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { makeTestImage, sha256 } from '../support/images.ts';
@@ -158,11 +159,17 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
       credentials: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
       ...(checksum ? { checksum } : {}),
     });
+  /** What the jobs logged. */
+  const logged: { message: string; [field: string]: unknown }[] = [];
+  const logger = createLogger({
+    level: 'info',
+    destination: { write: (line) => logged.push(JSON.parse(line)) },
+  });
   const provision = (
     req: ProvisionRequest,
     progress: ProgressReport[] = [],
     signal = new AbortController().signal,
-  ) => provisioner.provision(req, { signal, onProgress: (report) => progress.push(report) });
+  ) => provisioner.provision(req, { signal, logger, onProgress: (report) => progress.push(report) });
   const filesFor = (volumeName: string) => readdirSync(targetDir).filter((name) => name.includes(volumeName));
   const streamedSince = (count: number) =>
     conversions.slice(count).filter((options) => options.sourceIsExport);
@@ -186,6 +193,11 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
     assert.equal(progress.at(-1)?.stage, 'Finalizing');
     assert.equal(progress.at(-1)?.overallPercent, 100);
     assert.deepEqual(readdirSync(socketParent), [], 'no NBD socket folder is left');
+    // The log says why: the download's measured rate against the conversion rate.
+    const started = logged.filter((line) => line.message === 'converting the image while it downloads');
+    assert.equal(started.length, 1);
+    assert.ok(Number(started[0]?.download_bytes_per_second) > 0);
+    assert.equal(started[0]?.convert_bytes_per_second, 1e15);
   });
 
   it('converts a cache hit from the cached file, not over NBD', async () => {
