@@ -35,6 +35,7 @@ export interface Config {
   s3Endpoint?: string;
   s3Region: string;
   downloadConnections: number;
+  convertWhileDownloading: 'auto' | 'never';
   logLevel: string;
   shutdownTimeoutSeconds: number;
   workers: number;
@@ -171,6 +172,16 @@ export const SETTINGS: readonly Setting[] = [
     max: 16,
     description:
       'Range requests of 4 MiB that one download keeps in flight at once (1: one request per object); each can hold 4 MiB in memory. Only once the first 16 MiB show that one connection delivers slower than the download writes',
+  },
+  {
+    key: 'convertWhileDownloading',
+    env: 'LVP_CONVERT_WHILE_DOWNLOADING',
+    flag: 'convert-while-downloading',
+    kind: 'string',
+    default: 'auto',
+    oneOf: ['auto', 'never'],
+    description:
+      "auto: a qcow2 image whose download runs slower than a quarter of the node's measured conversion rate (after its first 32 MiB) is converted while it downloads, over NBD from the partial file; never: always after the download",
   },
   {
     key: 'logLevel',

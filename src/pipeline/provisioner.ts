@@ -70,6 +70,8 @@ export interface ProvisionerDeps {
   /** Measured stage rates: read at the start of each job, fed after each conversion. */
   rates?: StageRateSource;
   metrics?: PipelineMetrics;
+  /** Whether a qcow2 image may be converted while it downloads (streaming-conversion.ts). */
+  convertWhileDownloading?: boolean;
   /**
    * How often a target's page cache is flushed and evicted, when a raw image is written into it
    * while it downloads or qemu-img converts into a file; by default as often as a download's.
@@ -185,7 +187,7 @@ export class Provisioner implements Pipeline, CacheControl {
     let downloaded = false;
     let streamedBytes: { done: number; total: number } | undefined;
     const streaming =
-      spec.source.format === 'qcow2'
+      spec.source.format === 'qcow2' && this.#deps.convertWhileDownloading !== false
         ? new StreamingConversion({
             qemuImg: this.#deps.qemuImg,
             imageBytes: stat.sizeBytes,
@@ -466,6 +468,7 @@ export async function createPipeline(
   return new Provisioner({
     rates,
     metrics,
+    convertWhileDownloading: config.convertWhileDownloading === 'auto',
     downloader,
     pageCache: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
     cache,

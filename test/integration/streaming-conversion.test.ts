@@ -48,6 +48,8 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
   let workDir: string;
   let minio: MinioServer;
   let provisioner: Provisioner;
+  /** The same, with convertWhileDownloading: never. */
+  let neverWhileDownloading: Provisioner;
   let targetDir: string;
   let socketParent: string;
   let raw: Buffer;
@@ -73,7 +75,7 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
     raw = image.raw;
     qcow2 = readFileSync(image.qcow2Path);
     assert.ok(qcow2.length > RATE_SAMPLE_BYTES + 4 * MiB, `the qcow2 file has ${qcow2.length} bytes`);
-    for (const key of ['image.qcow2', 'again.qcow2', 'mismatch.qcow2', 'aborted.qcow2'])
+    for (const key of ['image.qcow2', 'never.qcow2', 'mismatch.qcow2', 'aborted.qcow2'])
       await client.putObject(BUCKET, key, qcow2, qcow2.length);
     // The same image on top of a backing file, which no node may open.
     execFileSync('qemu-img', [
@@ -134,7 +136,7 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
       },
     };
     targetDir = join(workDir, 'images');
-    provisioner = new Provisioner({
+    const deps = {
       downloader,
       cache,
       qemuImg,
@@ -142,7 +144,9 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
       pageCache: { syncIntervalBytes: 4 * MiB, pageCache: ddPageCache() },
       targets: { file: new FileTargets({ dir: targetDir, stateDir: join(workDir, 'state') }), lvm: noLvm },
       libvirt: virshPools({ uri: 'test:///default' }),
-    });
+    };
+    provisioner = new Provisioner(deps);
+    neverWhileDownloading = new Provisioner({ ...deps, convertWhileDownloading: false });
   });
   after(async () => {
     await minio?.stop();
@@ -207,6 +211,21 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
     assert.equal(conversions.length, before + 1);
     assert.equal(conversions.at(-1)?.sourceIsExport, false);
     const written = readFileSync(join(targetDir, 'hit.img'));
+    assert.equal(sha256(written.subarray(0, raw.length)), sha256(raw));
+  });
+
+  it('converts after the download when told never to convert while downloading', async () => {
+    const before = conversions.length;
+    const result = await neverWhileDownloading.provision(request('never.qcow2', 'never.img'), {
+      signal: new AbortController().signal,
+      onProgress: () => {},
+    });
+    assert.equal(result.cacheHit, false);
+    assert.deepEqual(
+      conversions.slice(before).map((options) => options.sourceIsExport),
+      [false],
+    );
+    const written = readFileSync(join(targetDir, 'never.img'));
     assert.equal(sha256(written.subarray(0, raw.length)), sha256(raw));
   });
 

@@ -64,6 +64,7 @@ libvirtUri: LVP_LIBVIRT_URI
 s3Endpoint: LVP_S3_ENDPOINT
 s3Region: LVP_S3_REGION
 downloadConnections: LVP_DOWNLOAD_CONNECTIONS
+convertWhileDownloading: LVP_CONVERT_WHILE_DOWNLOADING
 logLevel: LOG_LEVEL
 logFormat: LOG_FORMAT
 shutdownTimeoutSeconds: LVP_SHUTDOWN_TIMEOUT_SECONDS
