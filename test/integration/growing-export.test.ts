@@ -101,6 +101,33 @@ describe('GrowingExport (real qemu-img over NBD)', { timeout: 60_000 }, () => {
     assert.ok(readFileSync(path).equals(qcow2));
   });
 
+  it('answers a write with EPERM and drops that client', async (t) => {
+    const { exported, socketPath } = await exportWith(qcow2.length);
+    t.after(() => exported.close());
+    // A bare client: qemu-io refuses to write to a read-only export before asking.
+    const client = connect(socketPath);
+    const received: Buffer[] = [];
+    client.on('data', (data) => received.push(data));
+    const closed = new Promise((resolve) => client.on('close', resolve));
+    const go = Buffer.alloc(16 + 6);
+    go.write('IHAVEOPT', 0, 'latin1');
+    go.writeUInt32BE(7, 8); // NBD_OPT_GO
+    go.writeUInt32BE(6, 12); // an empty export name and no info requests
+    const write = Buffer.alloc(28 + 512);
+    write.writeUInt32BE(0x25609513, 0);
+    write.writeUInt16BE(1, 6); // NBD_CMD_WRITE
+    write.write('cookie!!', 8, 'latin1');
+    client.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), go, write]));
+    await closed;
+    const all = Buffer.concat(received);
+    // Greeting (18), then the GO's two option replies (20 + 12 and 20), then a simple reply.
+    const reply = all.subarray(18 + 32 + 20);
+    assert.equal(reply.readUInt32BE(0), 0x67446698);
+    assert.equal(reply.readUInt32BE(4), 1, 'EPERM');
+    assert.equal(reply.subarray(8, 16).toString('latin1'), 'cookie!!');
+    assert.ok(readFileSync(join(workDir, `partial-${exportNumber}`)).equals(qcow2));
+  });
+
   it('drops a client that does not speak NBD and goes on serving others', async (t) => {
     const { exported, socketPath } = await exportWith(qcow2.length);
     t.after(() => exported.close());

@@ -31,7 +31,9 @@ const REP_ERR_INVALID = 0x80000003;
 const INFO_EXPORT = 0;
 
 const CMD_READ = 0;
+const CMD_WRITE = 1;
 const CMD_DISC = 2;
+const EPERM = 1;
 const EIO = 5;
 const EINVAL = 22;
 const ENOTSUP = 95;
@@ -225,9 +227,10 @@ export class GrowingExport {
       const length = request.readUInt32BE(24);
       if (type === CMD_DISC) return;
       if (type !== CMD_READ) {
-        // A write carries its data after the header; read-only means it never should.
-        simpleReply(socket, cookie, type === 1 ? EINVAL : ENOTSUP);
-        if (type === 1) return;
+        // A write carries its data after the header: a client that sends one to a read-only
+        // export is not one of ours, so it is answered and dropped.
+        simpleReply(socket, cookie, type === CMD_WRITE ? EPERM : ENOTSUP);
+        if (type === CMD_WRITE) return;
         continue;
       }
       if (length > MAX_READ_BYTES || offset + length > this.#sizeBytes) {
