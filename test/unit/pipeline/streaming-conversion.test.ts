@@ -1,7 +1,7 @@
 // When a qcow2 image is converted while it downloads: the rule, and the decision it drives.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -10,7 +10,10 @@ import {
   RATE_SAMPLE_BYTES,
   removeStaleSocketFolders,
   StreamingConversion,
+  type StreamingConversionOptions,
 } from '../../../src/pipeline/streaming-conversion.ts';
+import type { PreparedTarget } from '../../../src/pipeline/targets.ts';
+import type { ImageInfo } from '../../../src/storage/qemu-img/image-info.ts';
 import type { QemuImg } from '../../../src/storage/qemu-img/qemu-img.ts';
 import { FakeClock } from '../../support/fake-clock.ts';
 
@@ -76,6 +79,95 @@ describe('StreamingConversion', () => {
     conversion.written({ path: '/nonexistent/partial', bytes: 1 + RATE_SAMPLE_BYTES });
     assert.equal(await conversion.finish(false), undefined);
     assert.deepEqual(events, []);
+  });
+});
+
+describe('StreamingConversion giving up', () => {
+  /** A partial file that starts with the qcow2 magic; reads past its end are zeros. */
+  const partialQcow2 = (t: { after(fn: () => void): void }) => {
+    const folder = mkdtempSync(join(tmpdir(), 'streaming-unit-'));
+    t.after(() => rmSync(folder, { recursive: true, force: true }));
+    const path = join(folder, 'partial');
+    writeFileSync(path, Buffer.from([0x51, 0x46, 0x49, 0xfb]));
+    return path;
+  };
+
+  /** A conversion that decides to start at once; `convert` and `info` are the test's. */
+  const started = (options: Pick<StreamingConversionOptions, 'convert' | 'qemuImg'>) => {
+    const clock = new FakeClock();
+    const events: string[] = [];
+    const target: PreparedTarget = {
+      writePath: '/nonexistent/target',
+      isBlockDevice: false,
+      devicePath: '/nonexistent/target',
+      commit: () => Promise.reject(new Error('must not commit')),
+      discard: async () => {
+        events.push('discarded');
+      },
+    };
+    const conversion = new StreamingConversion({
+      ...options,
+      imageBytes: 4 * RATE_SAMPLE_BYTES,
+      targetSizeBytes: 8 * RATE_SAMPLE_BYTES,
+      convertRate: 1e15,
+      clock,
+      signal: new AbortController().signal,
+      prepare: async () => ({ complete: false, target }),
+      onStart: () => events.push('started'),
+      onGiveUp: (reason) => events.push(`gave up: ${reason}`),
+    });
+    return { conversion, events, clock };
+  };
+  const info =
+    (virtualSize: number, extra: Partial<ImageInfo> = {}): QemuImg['info'] =>
+    async () => ({ format: 'qcow2', virtualSize, ...extra });
+  const unused = () => Promise.reject(new Error('must not run'));
+
+  it('discards the target and leaves the job to convert from the cache when qemu-img fails', async (t) => {
+    const path = partialQcow2(t);
+    const { conversion, events, clock } = started({
+      qemuImg: { info: info(MB), check: unused, convert: unused },
+      convert: () => Promise.reject(new Error('qemu-img convert failed: Input/output error')),
+    });
+    conversion.written({ path, bytes: 1 });
+    clock.advance(1000);
+    conversion.written({ path, bytes: 1 + RATE_SAMPLE_BYTES });
+    assert.equal(await conversion.finish(true), undefined);
+    assert.deepEqual(events, [
+      'started',
+      'discarded',
+      'gave up: qemu-img convert failed: Input/output error',
+    ]);
+  });
+
+  it('never prepares a target for an image whose info breaks the rules', async (t) => {
+    const path = partialQcow2(t);
+    const { conversion, events, clock } = started({
+      qemuImg: { info: info(MB, { backingFilename: '/etc/shadow' }), check: unused, convert: unused },
+      convert: unused,
+    });
+    conversion.written({ path, bytes: 1 });
+    clock.advance(1000);
+    conversion.written({ path, bytes: 1 + RATE_SAMPLE_BYTES });
+    assert.equal(await conversion.finish(true), undefined);
+    assert.equal(events.length, 1);
+    assert.match(events[0] ?? '', /^gave up: the image depends on a backing file/);
+  });
+
+  it('discards a finished conversion when the download then fails', async (t) => {
+    const path = partialQcow2(t);
+    const converted = Promise.withResolvers<void>();
+    const { conversion, events, clock } = started({
+      qemuImg: { info: info(MB), check: unused, convert: unused },
+      convert: async () => converted.resolve(),
+    });
+    conversion.written({ path, bytes: 1 });
+    clock.advance(1000);
+    conversion.written({ path, bytes: 1 + RATE_SAMPLE_BYTES });
+    // Every byte converted; then the download fails its checksum.
+    await converted.promise;
+    assert.equal(await conversion.finish(false), undefined);
+    assert.deepEqual(events, ['started', 'discarded']);
   });
 });
 
