@@ -656,6 +656,25 @@ describe('download', { timeout: 180_000 }, () => {
       assert.ok(abortedAt > 0 && abortedAt < plain.length, `aborted at ${abortedAt}`);
       assert.deepEqual(readdirSync(folder), []);
     });
+
+    it('rejects and files nothing when the abort comes with the last bytes', async () => {
+      const folder = emptyFolder('s3-abort-at-end');
+      const controller = new AbortController();
+      const reason = new Error('VolumeProvision deleted');
+      const download = downloader().download(
+        { url: `s3://${BUCKET}/disks/plain.raw`, credentials: credentials() },
+        {
+          destinationPath: join(folder, 'plain.raw'),
+          signal: controller.signal,
+          onProgress: ({ bytesDone }) => {
+            if (bytesDone === plain.length) controller.abort(reason);
+          },
+        },
+      );
+      await assert.rejects(download, (error) => error === reason);
+      assert.ok(controller.signal.aborted, 'the last bytes arrived');
+      assert.deepEqual(readdirSync(folder), []);
+    });
   });
 
   describe('from a plain HTTP server', () => {

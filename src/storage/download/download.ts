@@ -256,6 +256,9 @@ async function download(
       () => transfer.bytesDone,
       { ...settings, signal, description: objectSource.description },
     );
+    // An abort that arrives with the last bytes, or during the flush, still rejects: the job
+    // has stopped, and nothing may be filed for it.
+    signal.throwIfAborted();
     const { sha256 } = transfer.verify();
     await onDisk(folder, async () => {
       // Trailing zeros were not written; the file still has the object's size.
@@ -263,6 +266,9 @@ async function download(
       await transfer.flush();
       await file.close();
       closed = true;
+    });
+    signal.throwIfAborted();
+    await onDisk(folder, async () => {
       await rename(tempPath, destinationPath);
       await fsyncFolder(folder);
     });
