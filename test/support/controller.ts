@@ -139,13 +139,16 @@ export async function startController(options: {
    * it as the container does (see imageEntrypoint); default: src/main.ts.
    */
   entry?: 'source' | 'image';
+  /** Runs the controller through another command (the bench's memory cgroup); PID kept. */
+  wrap?: (command: string, args: readonly string[]) => { command: string; args: string[] };
 }): Promise<ControllerProcess> {
   if (options.entry === 'image') await buildImageBundle();
   const image = options.entry === 'image' ? imageEntrypoint() : undefined;
+  const node = join(projectRoot, 'node_modules/.bin/node');
+  const nodeArgs = image ? image.args : [join(projectRoot, 'src/main.ts')];
   const process_ = new ManagedProcess({
     name: 'controller',
-    command: join(projectRoot, 'node_modules/.bin/node'),
-    args: image ? image.args : [join(projectRoot, 'src/main.ts')],
+    ...(options.wrap ? options.wrap(node, nodeArgs) : { command: node, args: nodeArgs }),
     cwd: projectRoot,
     env: {
       ...image?.env,
