@@ -24,6 +24,7 @@ import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { freePort } from '../rig/net.ts';
 import { goTool, projectRoot, toolsDir, versions } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { type Dashboard, prometheusQueries } from '../support/chart/dashboard.ts';
 import {
   grafanaExprToPromQL,
   type MetricFamily,
@@ -97,15 +98,6 @@ interface Rule {
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
 }
-interface DashboardTarget {
-  expr?: string;
-  query?: string;
-  datasource: { type: string; uid: string };
-}
-interface Dashboard {
-  panels: { title: string; type: string; datasource?: { type: string }; targets?: DashboardTarget[] }[];
-  templating: { list: { name: string; type: string; query: unknown }[] };
-}
 
 const byKind = (objects: readonly KubeObject[], kind: string): KubeObject[] =>
   objects.filter((object) => object.kind === kind);
@@ -128,10 +120,6 @@ function dashboard(objects: readonly KubeObject[]): Dashboard {
   assert.ok(json, 'the dashboard ConfigMap holds libvirt-volume-provisioner.json');
   return JSON.parse(json) as Dashboard;
 }
-const dashboardExpressions = (board: Dashboard): string[] =>
-  board.panels.flatMap((panel) =>
-    (panel.targets ?? []).flatMap((target) => (target.expr ? [target.expr] : [])),
-  );
 
 describe('Helm chart', { timeout: 600_000 }, () => {
   let cluster: KubeControlPlane;
@@ -635,7 +623,7 @@ describe('Helm chart', { timeout: 600_000 }, () => {
     before(() => {
       expressions = [
         ...alertRules(allFeatures).map((rule) => rule.expr),
-        ...dashboardExpressions(dashboard(defaults)).map(grafanaExprToPromQL),
+        ...prometheusQueries(dashboard(defaults)).map(({ expr }) => grafanaExprToPromQL(expr)),
       ];
     });
 
