@@ -24,7 +24,7 @@ import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { freePort } from '../rig/net.ts';
 import { goTool, projectRoot, toolsDir, versions } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
-import { type Dashboard, prometheusQueries } from '../support/chart/dashboard.ts';
+import { alertRules, type Dashboard, prometheusQueries } from '../support/chart/monitoring.ts';
 import {
   grafanaExprToPromQL,
   type MetricFamily,
@@ -92,12 +92,6 @@ interface PodSpec {
   containers: Container[];
   volumes: { name: string; hostPath?: { path: string } }[];
 }
-interface Rule {
-  alert?: string;
-  expr: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
 
 const byKind = (objects: readonly KubeObject[], kind: string): KubeObject[] =>
   objects.filter((object) => object.kind === kind);
@@ -110,10 +104,6 @@ const podSpec = (objects: readonly KubeObject[]): PodSpec =>
   (one(objects, 'DaemonSet') as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
 const controllerContainer = (objects: readonly KubeObject[]): Container =>
   podSpec(objects).containers[0] as Container;
-const alertRules = (objects: readonly KubeObject[]): Rule[] =>
-  (
-    one(objects, 'PrometheusRule') as unknown as { spec: { groups: { rules: Rule[] }[] } }
-  ).spec.groups.flatMap((group) => group.rules);
 function dashboard(objects: readonly KubeObject[]): Dashboard {
   const configMap = one(objects, 'ConfigMap') as unknown as { data: Record<string, string> };
   const json = configMap.data['libvirt-volume-provisioner.json'];
