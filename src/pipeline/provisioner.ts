@@ -121,14 +121,19 @@ export class Provisioner implements Pipeline, CacheControl {
       ...(request.credentials ? { credentials: request.credentials } : {}),
       ...(spec.source.checksum ? { checksum: spec.source.checksum } : {}),
     };
-    const stat = await imageStep('stat', () => this.#deps.downloader.stat(source, signal));
+    const backend = this.#deps.targets[spec.target.type];
+    // Checked alongside the stat, before a byte is downloaded: a volume that can never be
+    // written (its name taken, no volume group) fails the job now, not after the download.
+    const [stat] = await Promise.all([
+      imageStep('stat', () => this.#deps.downloader.stat(source, signal)),
+      backend.check(request.uid, spec, sizeBytes),
+    ]);
     // A lookup is a miss as soon as bytes flow, whether or not the download then succeeds.
     let looked = false;
     const lookup = (hit: boolean) => {
       if (!looked) metrics.cacheLookup(hit);
       looked = true;
     };
-    const backend = this.#deps.targets[spec.target.type];
     const volume = volumeAttributes(request.uid, spec, sizeBytes);
     const prepare = () => inSpan('CreateVolume', volume, () => backend.prepare(request.uid, spec, sizeBytes));
     // A raw image that fits is written into the target while it downloads (see raw-mirror.ts),

@@ -6,7 +6,7 @@ import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VolumeProvisionSpec } from '../api/v1alpha1.ts';
 import type { BlockZeroer } from '../storage/block/zero.ts';
-import type { VolumeManager } from '../storage/lvm/volumes.ts';
+import type { EnsureVolumeRequest, VolumeManager } from '../storage/lvm/volumes.ts';
 import { PipelineError } from './types.ts';
 
 export interface PreparedTarget {
@@ -26,6 +26,12 @@ export type TargetPreparation =
   | { complete: true; devicePath: string };
 
 export interface TargetBackend {
+  /**
+   * Fails as prepare would for a reason only a change of the spec or a person can clear (the
+   * name taken, no such volume group), creating nothing: a job checks this before it spends a
+   * download on a volume it could never write.
+   */
+  check(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): Promise<void>;
   prepare(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): Promise<TargetPreparation>;
   release(uid: string, spec: VolumeProvisionSpec): Promise<void>;
 }
@@ -44,6 +50,11 @@ export class FileTargets implements TargetBackend {
   constructor(options: { dir: string; stateDir: string }) {
     this.#dir = options.dir;
     this.#ownersDir = join(options.stateDir, 'file-owners');
+  }
+
+  async check(uid: string, spec: VolumeProvisionSpec): Promise<void> {
+    const name = spec.target.volumeName;
+    await this.#assertClaimable(name, uid, join(this.#dir, name));
   }
 
   async prepare(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): Promise<TargetPreparation> {
@@ -87,8 +98,20 @@ export class FileTargets implements TargetBackend {
   /** Records `uid` as the file's owner, unless the file or its record belongs to someone else. */
   async #claim(name: string, uid: string, finalPath: string): Promise<void> {
     await mkdir(this.#ownersDir, { recursive: true });
+    if ((await this.#assertClaimable(name, uid, finalPath)) === 'owned') return;
+    try {
+      await writeFile(join(this.#ownersDir, name), uid, { flag: 'wx' });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      // Another job claimed the same name a moment ago.
+      await this.#claim(name, uid, finalPath);
+    }
+  }
+
+  /** Whether `uid` owns the file already; throws VolumeConflict if someone else does. */
+  async #assertClaimable(name: string, uid: string, finalPath: string): Promise<'owned' | 'free'> {
     const owner = await this.#owner(name);
-    if (owner === uid) return;
+    if (owner === uid) return 'owned';
     if (owner !== undefined) {
       throw conflict(
         `file ${finalPath} belongs to another VolumeProvision (UID ${owner}); choose another target.volumeName`,
@@ -99,13 +122,7 @@ export class FileTargets implements TargetBackend {
         `file ${finalPath} already exists and was not created by this controller; it is never overwritten. Choose another target.volumeName or remove the file`,
       );
     }
-    try {
-      await writeFile(join(this.#ownersDir, name), uid, { flag: 'wx' });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      // Another job claimed the same name a moment ago.
-      await this.#claim(name, uid, finalPath);
-    }
+    return 'free';
   }
 
   async #owner(name: string): Promise<string | undefined> {
@@ -133,13 +150,12 @@ export class LvmTargets implements TargetBackend {
     this.#defaultVolumeGroup = options.defaultVolumeGroup;
   }
 
+  async check(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): Promise<void> {
+    await this.#volumes.checkVolume(this.#request(uid, spec, sizeBytes));
+  }
+
   async prepare(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): Promise<TargetPreparation> {
-    const volume = await this.#volumes.ensureVolume({
-      vg: this.#volumeGroup(spec),
-      name: spec.target.volumeName,
-      sizeBytes,
-      ownerUid: uid,
-    });
+    const volume = await this.#volumes.ensureVolume(this.#request(uid, spec, sizeBytes));
     // A reused LV may hold a half-written image from before a crash; it is written again.
     return {
       complete: false,
@@ -160,6 +176,10 @@ export class LvmTargets implements TargetBackend {
       name: spec.target.volumeName,
       ownerUid: uid,
     });
+  }
+
+  #request(uid: string, spec: VolumeProvisionSpec, sizeBytes: number): EnsureVolumeRequest {
+    return { vg: this.#volumeGroup(spec), name: spec.target.volumeName, sizeBytes, ownerUid: uid };
   }
 
   #volumeGroup(spec: VolumeProvisionSpec): string {

@@ -93,6 +93,7 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     await minio.client().makeBucket('images');
     await minio.client().putObject('images', 'disk.qcow2', qcow2, qcow2.length);
     for (let index = 0; index < 8; index += 1) images.put(`/slow-${index}.qcow2`, qcow2);
+    images.put('/taken.qcow2', qcow2);
     dirs = controllerDirs(join(workDir, 'node'));
     vps = volumeProvisions(admin, NAMESPACE);
     await start();
@@ -154,6 +155,31 @@ describe('controller on a real API server', { timeout: 600_000 }, () => {
     const done = await vps.waitFor('second', 'Ready', isReady);
     assert.equal(done.status?.cacheHit, true);
     assert.equal(readdirSync(dirs.cacheDir).filter((name) => name.endsWith('.img')).length, 1);
+  });
+
+  it('refuses a volume name that another object holds before downloading its image', async () => {
+    await vps.create(
+      spec('taken', `${images.url}/taken.qcow2`, {
+        target: { type: 'file', volumeName: 'first.img', size: '64Mi' },
+      }),
+    );
+    const refused = await vps.waitFor('taken', 'Ready=False for VolumeConflict', (object) =>
+      (object.status?.conditions ?? []).some(
+        (condition) => condition.type === 'Ready' && condition.reason === 'VolumeConflict',
+      ),
+    );
+    assert.equal(refused.status?.stage, 'Failed');
+    assert.match(
+      refused.status?.message ?? '',
+      /first\.img belongs to another VolumeProvision .*; choose another target\.volumeName/,
+    );
+    // The stat reads one byte; the image itself is never fetched.
+    const fetched = images.requests.filter((line) => line.startsWith('GET /taken.qcow2'));
+    assert.deepEqual(fetched, ['GET /taken.qcow2 bytes=0-0']);
+    await vps.delete('taken');
+    await vps.waitGone('taken');
+    const kept = readFileSync(join(dirs.fileTargetDir, 'first.img'));
+    assert.equal(sha256(kept.subarray(0, image.sizeBytes)), image.rawSha256, "first's volume is untouched");
   });
 
   it('runs at most 2 jobs at once and starts the others in FIFO order with queue positions', async () => {

@@ -39,6 +39,7 @@ function mixedImage(stripes: number): Buffer {
 }
 
 const noLvm: TargetBackend = {
+  check: () => Promise.reject(new Error('no LVM in this test')),
   prepare: () => Promise.reject(new Error('no LVM in this test')),
   release: () => Promise.reject(new Error('no LVM in this test')),
 };

@@ -38,6 +38,7 @@ const TARGET_BYTES = 128 * MiB;
 const HELD = new Set(['image.qcow2', 'mismatch.qcow2', 'aborted.qcow2']);
 
 const noLvm: TargetBackend = {
+  check: () => Promise.reject(new Error('no LVM in this test')),
   prepare: () => Promise.reject(new Error('no LVM in this test')),
   release: () => Promise.reject(new Error('no LVM in this test')),
 };

@@ -51,6 +51,12 @@ export interface VolumeManager {
    */
   ensureVolume(request: EnsureVolumeRequest): Promise<EnsuredVolume>;
   /**
+   * Fails as ensureVolume would for a reason only a change of the spec or a person can clear
+   * (VolumeGroupNotFound, VolumeConflict, VolumeSizeMismatch), changing nothing. Free space is
+   * not checked: it may be freed by the time the volume is made.
+   */
+  checkVolume(request: EnsureVolumeRequest): Promise<void>;
+  /**
    * Removes the owner's LV; an absent LV is not an error. Refuses (VolumeConflict) any other LV.
    * A missing VG is VolumeGroupNotFound, not "absent": it may only be detached for a while.
    */
@@ -114,6 +120,19 @@ function assertOwnedBy(volume: LogicalVolume, tag: string): void {
   );
 }
 
+/** An existing LV may be written for this owner: it is the owner's, and large enough. */
+function assertReusable(existing: LogicalVolume, tag: string, sizeBytes: number): void {
+  assertOwnedBy(existing, tag);
+  if (existing.sizeBytes < sizeBytes) {
+    throw new PipelineError(
+      'VolumeSizeMismatch',
+      `logical volume ${existing.vg}/${existing.name} was created for this object with ` +
+        `${existing.sizeBytes} bytes, but ${sizeBytes} bytes are now needed; the controller never resizes volumes`,
+      { terminal: true },
+    );
+  }
+}
+
 function assertRequestedSize(sizeBytes: number): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw new PipelineError(
@@ -154,17 +173,14 @@ export class LvmVolumeManager implements VolumeManager {
     return row === undefined ? undefined : toLogicalVolume(row);
   }
 
+  async checkVolume(request: EnsureVolumeRequest): Promise<void> {
+    const { existing, tag, sizeBytes } = await this.#lookUp(request);
+    if (existing !== undefined) assertReusable(existing, tag, sizeBytes);
+  }
+
   async ensureVolume(request: EnsureVolumeRequest): Promise<EnsuredVolume> {
     const { vg, name } = request;
-    assertVolumeGroupName(vg);
-    assertLogicalVolumeName(name);
-    assertRequestedSize(request.sizeBytes);
-    const tag = ownerTag(request.ownerUid);
-    const group = await this.getVolumeGroup(vg);
-    const sizeBytes = roundUpToExtent(request.sizeBytes, group.extentSizeBytes);
-
-    // Look first: after a crash the LV may already exist, and its own extents are not free.
-    const existing = await this.findVolume(vg, name);
+    const { group, existing, tag, sizeBytes } = await this.#lookUp(request);
     if (existing !== undefined) return { ...(await this.#reuse(existing, tag, sizeBytes)), created: false };
 
     if (sizeBytes > group.freeBytes) {
@@ -224,16 +240,23 @@ export class LvmVolumeManager implements VolumeManager {
     return 'removed';
   }
 
+  /**
+   * The VG and the LV of the request's name, if any. Looking first matters: after a crash the
+   * LV may already exist, and its own extents are not free.
+   */
+  async #lookUp(request: EnsureVolumeRequest) {
+    const { vg, name } = request;
+    assertVolumeGroupName(vg);
+    assertLogicalVolumeName(name);
+    assertRequestedSize(request.sizeBytes);
+    const tag = ownerTag(request.ownerUid);
+    const group = await this.getVolumeGroup(vg);
+    const sizeBytes = roundUpToExtent(request.sizeBytes, group.extentSizeBytes);
+    return { group, existing: await this.findVolume(vg, name), tag, sizeBytes };
+  }
+
   async #reuse(existing: LogicalVolume, tag: string, sizeBytes: number): Promise<LogicalVolume> {
-    assertOwnedBy(existing, tag);
-    if (existing.sizeBytes < sizeBytes) {
-      throw new PipelineError(
-        'VolumeSizeMismatch',
-        `logical volume ${existing.vg}/${existing.name} was created for this object with ` +
-          `${existing.sizeBytes} bytes, but ${sizeBytes} bytes are now needed; the controller never resizes volumes`,
-        { terminal: true },
-      );
-    }
+    assertReusable(existing, tag, sizeBytes);
     // After a reboot, or when the host does not auto-activate, the LV exists but has no device.
     if (!existing.active)
       await this.#lvm.run('lvchange', ['--activate', 'y', `${existing.vg}/${existing.name}`]);
