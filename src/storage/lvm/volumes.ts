@@ -51,9 +51,10 @@ export interface VolumeManager {
    */
   ensureVolume(request: EnsureVolumeRequest): Promise<EnsuredVolume>;
   /**
-   * Fails as ensureVolume would for a reason only a change of the spec or a person can clear
-   * (VolumeGroupNotFound, VolumeConflict, VolumeSizeMismatch), changing nothing. Free space is
-   * not checked: it may be freed by the time the volume is made.
+   * Fails as ensureVolume would when the VG is missing (VolumeGroupNotFound) or the name is
+   * taken (VolumeConflict), changing nothing and with one `lvs`. Free space and the size of
+   * an LV of its own are left to ensureVolume: space may be freed meanwhile, and the spec's
+   * size cannot change.
    */
   checkVolume(request: EnsureVolumeRequest): Promise<void>;
   /**
@@ -120,19 +121,6 @@ function assertOwnedBy(volume: LogicalVolume, tag: string): void {
   );
 }
 
-/** An existing LV may be written for this owner: it is the owner's, and large enough. */
-function assertReusable(existing: LogicalVolume, tag: string, sizeBytes: number): void {
-  assertOwnedBy(existing, tag);
-  if (existing.sizeBytes < sizeBytes) {
-    throw new PipelineError(
-      'VolumeSizeMismatch',
-      `logical volume ${existing.vg}/${existing.name} was created for this object with ` +
-        `${existing.sizeBytes} bytes, but ${sizeBytes} bytes are now needed; the controller never resizes volumes`,
-      { terminal: true },
-    );
-  }
-}
-
 function assertRequestedSize(sizeBytes: number): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw new PipelineError(
@@ -174,13 +162,23 @@ export class LvmVolumeManager implements VolumeManager {
   }
 
   async checkVolume(request: EnsureVolumeRequest): Promise<void> {
-    const { existing, tag, sizeBytes } = await this.#lookUp(request);
-    if (existing !== undefined) assertReusable(existing, tag, sizeBytes);
+    assertRequestedSize(request.sizeBytes);
+    const tag = ownerTag(request.ownerUid);
+    const existing = await this.findVolume(request.vg, request.name);
+    if (existing !== undefined) assertOwnedBy(existing, tag);
   }
 
   async ensureVolume(request: EnsureVolumeRequest): Promise<EnsuredVolume> {
     const { vg, name } = request;
-    const { group, existing, tag, sizeBytes } = await this.#lookUp(request);
+    assertVolumeGroupName(vg);
+    assertLogicalVolumeName(name);
+    assertRequestedSize(request.sizeBytes);
+    const tag = ownerTag(request.ownerUid);
+    const group = await this.getVolumeGroup(vg);
+    const sizeBytes = roundUpToExtent(request.sizeBytes, group.extentSizeBytes);
+
+    // Look first: after a crash the LV may already exist, and its own extents are not free.
+    const existing = await this.findVolume(vg, name);
     if (existing !== undefined) return { ...(await this.#reuse(existing, tag, sizeBytes)), created: false };
 
     if (sizeBytes > group.freeBytes) {
@@ -240,23 +238,16 @@ export class LvmVolumeManager implements VolumeManager {
     return 'removed';
   }
 
-  /**
-   * The VG and the LV of the request's name, if any. Looking first matters: after a crash the
-   * LV may already exist, and its own extents are not free.
-   */
-  async #lookUp(request: EnsureVolumeRequest) {
-    const { vg, name } = request;
-    assertVolumeGroupName(vg);
-    assertLogicalVolumeName(name);
-    assertRequestedSize(request.sizeBytes);
-    const tag = ownerTag(request.ownerUid);
-    const group = await this.getVolumeGroup(vg);
-    const sizeBytes = roundUpToExtent(request.sizeBytes, group.extentSizeBytes);
-    return { group, existing: await this.findVolume(vg, name), tag, sizeBytes };
-  }
-
   async #reuse(existing: LogicalVolume, tag: string, sizeBytes: number): Promise<LogicalVolume> {
-    assertReusable(existing, tag, sizeBytes);
+    assertOwnedBy(existing, tag);
+    if (existing.sizeBytes < sizeBytes) {
+      throw new PipelineError(
+        'VolumeSizeMismatch',
+        `logical volume ${existing.vg}/${existing.name} was created for this object with ` +
+          `${existing.sizeBytes} bytes, but ${sizeBytes} bytes are now needed; the controller never resizes volumes`,
+        { terminal: true },
+      );
+    }
     // After a reboot, or when the host does not auto-activate, the LV exists but has no device.
     if (!existing.active)
       await this.#lvm.run('lvchange', ['--activate', 'y', `${existing.vg}/${existing.name}`]);

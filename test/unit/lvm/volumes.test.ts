@@ -322,37 +322,43 @@ describe('LvmVolumeManager.ensureVolume', () => {
 describe('LvmVolumeManager.checkVolume', () => {
   const request = { vg: 'vg0', name: 'disk0', sizeBytes: 5_000_000, ownerUid: UID };
 
-  it('passes a free name without creating anything, whatever the free space', async () => {
-    const { runner, volumes } = managerWith(vgReport(0), lvReport(lv('other', 4 * MiB, '')));
+  it('passes a free name with one lvs, creating nothing', async () => {
+    const { runner, volumes } = managerWith(lvReport(lv('other', 4 * MiB, '')));
     await volumes.checkVolume(request);
-    assert.deepEqual(runner.argv(), [VGS, LVS]);
+    assert.deepEqual(runner.argv(), [LVS]);
   });
 
   it('passes its own LV, without activating it', async () => {
-    const { runner, volumes } = managerWith(vgReport(0), lvReport(lv('disk0', 8 * MiB, TAG, '')));
+    const { runner, volumes } = managerWith(lvReport(lv('disk0', 8 * MiB, TAG, '')));
     await volumes.checkVolume(request);
-    assert.deepEqual(runner.argv(), [VGS, LVS]);
+    assert.deepEqual(runner.argv(), [LVS]);
   });
 
   it('refuses an LV made for another VolumeProvision', async () => {
-    const { volumes } = managerWith(
-      vgReport(60 * MiB),
-      lvReport(lv('disk0', 8 * MiB, 'lvp.dev/uid=someone-else')),
-    );
+    const { volumes } = managerWith(lvReport(lv('disk0', 8 * MiB, 'lvp.dev/uid=someone-else')));
     await assert.rejects(
       volumes.checkVolume(request),
       pipelineError('VolumeConflict', true, /belongs to another VolumeProvision/),
     );
   });
 
-  it('refuses its own LV when it is smaller than needed', async () => {
-    const { volumes } = managerWith(vgReport(60 * MiB), lvReport(lv('disk0', 4 * MiB, TAG)));
-    await assert.rejects(volumes.checkVolume(request), pipelineError('VolumeSizeMismatch', true));
+  it('refuses an untagged LV of the same name', async () => {
+    const { volumes } = managerWith(lvReport(lv('disk0', 8 * MiB, 'keep')));
+    await assert.rejects(volumes.checkVolume(request), pipelineError('VolumeConflict', true, /carries no/));
   });
 
   it('reports a missing VG', async () => {
     const { volumes } = managerWith(vgNotFound);
     await assert.rejects(volumes.checkVolume(request), pipelineError('VolumeGroupNotFound', false));
+  });
+
+  it('refuses a size that is not a byte count without calling LVM', async () => {
+    const { runner, volumes } = managerWith();
+    await assert.rejects(
+      volumes.checkVolume({ ...request, sizeBytes: 0 }),
+      pipelineError('InvalidVolumeSize', true),
+    );
+    assert.deepEqual(runner.calls, []);
   });
 });
 
