@@ -999,6 +999,55 @@ describe('download', { timeout: 180_000 }, () => {
     });
   });
 
+  describe("from MinIO over HTTPS with a private CA (the Secret's ca.crt)", () => {
+    let tlsMinio: MinioServer;
+    let caBundle: string;
+    const tlsDownloader = () => createDownloader({ ...testConfig, s3Endpoint: { url: tlsMinio.endpoint } });
+    const tlsCredentials = () => ({ accessKeyId: tlsMinio.accessKey, secretKey: tlsMinio.secretKey });
+
+    before(async () => {
+      const dir = emptyFolder('minio-tls-certs');
+      const certificate = await makeServerCertificate(dir, { commonName: '127.0.0.1' });
+      caBundle = readFileSync(certificate.ca, 'utf8');
+      tlsMinio = await startMinio(join(scratch, 'minio-tls'), {
+        tls: { certFile: certificate.cert, keyFile: certificate.key, caFile: certificate.ca },
+      });
+      const client = tlsMinio.client();
+      await client.makeBucket(BUCKET);
+      await client.putObject(BUCKET, 'disks/zeroed.raw', zeroed, zeroed.length);
+      await client.putObject(BUCKET, 'disks/zeroed.raw.sha256', `${sha('sha256', zeroed)}  zeroed.raw\n`);
+    });
+    after(async () => {
+      await tlsMinio?.stop();
+    });
+
+    it('stats, reads the checksum sidecar and downloads over TLS, trusting the CA bundle', async () => {
+      assert.match(tlsMinio.endpoint, /^https:/);
+      const folder = emptyFolder('s3-tls');
+      const result = await tlsDownloader().download(
+        { url: `s3://${BUCKET}/disks/zeroed.raw`, credentials: { ...tlsCredentials(), caBundle } },
+        { destinationPath: join(folder, 'zeroed.raw'), signal: new AbortController().signal },
+      );
+      assert.equal(result.sha256, sha('sha256', zeroed));
+      assert.equal(sha('sha256', readFileSync(result.path)), sha('sha256', zeroed));
+      assert.deepEqual(readdirSync(folder), ['zeroed.raw']);
+    });
+
+    it('fails with SourceTLSFailed without the CA bundle, leaving no file', async () => {
+      const folder = emptyFolder('s3-tls-no-ca');
+      const error = await rejectsWith(
+        tlsDownloader().download(
+          { url: `s3://${BUCKET}/disks/zeroed.raw`, credentials: tlsCredentials() },
+          { destinationPath: join(folder, 'zeroed.raw'), signal: new AbortController().signal },
+        ),
+        'SourceTLSFailed',
+      );
+      assert.match(error.message, /ca\.crt/);
+      assert.ok(!error.message.includes(tlsMinio.secretKey), 'the message holds no secret');
+      assert.deepEqual(readdirSync(folder), []);
+    });
+  });
+
   describe('from an HTTPS server with a private CA', () => {
     const content = randomBytes(MiB + 5);
     let server: TestServer;

@@ -1,6 +1,7 @@
 // A real MinIO server on loopback, built from the Go module proxy.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { Agent as HttpsAgent } from 'node:https';
 import { join } from 'node:path';
 import { Client } from 'minio';
 import { freePort, httpStatus, waitUntil } from './net.ts';
@@ -21,8 +22,20 @@ export interface MinioServer {
   stop(): Promise<void>;
 }
 
-export async function startMinio(workDir: string): Promise<MinioServer> {
+export interface MinioOptions {
+  /** Serve HTTPS with this key pair (PEM files), as a production MinIO with a private CA does. */
+  tls?: { certFile: string; keyFile: string; caFile: string };
+}
+
+export async function startMinio(workDir: string, options: MinioOptions = {}): Promise<MinioServer> {
   mkdirSync(join(workDir, 'data'), { recursive: true });
+  // MinIO reads its key pair from <certs-dir>/public.crt and private.key.
+  const certsDir = join(workDir, 'certs');
+  if (options.tls) {
+    mkdirSync(certsDir, { recursive: true });
+    copyFileSync(options.tls.certFile, join(certsDir, 'public.crt'));
+    copyFileSync(options.tls.keyFile, join(certsDir, 'private.key'));
+  }
   const port = await freePort();
   const consolePort = await freePort();
   const accessKey = `rig${randomBytes(6).toString('hex')}`;
@@ -38,6 +51,7 @@ export async function startMinio(workDir: string): Promise<MinioServer> {
         `127.0.0.1:${port}`,
         '--console-address',
         `127.0.0.1:${consolePort}`,
+        ...(options.tls ? ['--certs-dir', certsDir] : []),
         join(workDir, 'data'),
       ],
       env: {
@@ -50,14 +64,19 @@ export async function startMinio(workDir: string): Promise<MinioServer> {
       },
       logFile: join(workDir, 'minio.log'),
     });
-  const endpoint = `http://127.0.0.1:${port}`;
+  const useSSL = options.tls !== undefined;
+  const ca = options.tls ? readFileSync(options.tls.caFile) : undefined;
+  const endpoint = `${useSSL ? 'https' : 'http'}://127.0.0.1:${port}`;
   const ready = async (server: ManagedProcess) => {
     try {
-      await waitUntil(async () => (await httpStatus(`${endpoint}/minio/health/ready`)) === 200, {
-        what: 'minio',
-        timeoutMs: 60_000,
-        process: server,
-      });
+      await waitUntil(
+        async () => (await httpStatus(`${endpoint}/minio/health/ready`, ca ? { ca } : {})) === 200,
+        {
+          what: 'minio',
+          timeoutMs: 60_000,
+          process: server,
+        },
+      );
     } catch (error) {
       await server.stop();
       throw error;
@@ -71,7 +90,15 @@ export async function startMinio(workDir: string): Promise<MinioServer> {
     port,
     accessKey,
     secretKey,
-    client: () => new Client({ endPoint: '127.0.0.1', port, useSSL: false, accessKey, secretKey }),
+    client: () =>
+      new Client({
+        endPoint: '127.0.0.1',
+        port,
+        useSSL,
+        accessKey,
+        secretKey,
+        ...(ca ? { transportAgent: new HttpsAgent({ ca }) } : {}),
+      }),
     crash: () => minio.signal('SIGKILL'),
     async restart() {
       await minio.stop();
