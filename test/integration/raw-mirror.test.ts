@@ -12,18 +12,14 @@ import { node, tracing } from '@opentelemetry/sdk-node';
 import type { ImageFormat } from '../../src/api/v1alpha1.ts';
 import { WRITTEN_WHILE_DOWNLOADING_SHARE } from '../../src/pipeline/progress.ts';
 import { Provisioner, tracedDownloader } from '../../src/pipeline/provisioner.ts';
-import { FileTargets, type TargetBackend } from '../../src/pipeline/targets.ts';
 import { PipelineError, type ProgressReport, type ProvisionRequest } from '../../src/pipeline/types.ts';
-import { ImageCache } from '../../src/storage/cache/image-cache.ts';
 import { createDownloader, ddPageCache } from '../../src/storage/download/index.ts';
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
-import { createQemuImg, type QemuImg } from '../../src/storage/qemu-img/qemu-img.ts';
-import { StateDatabase } from '../../src/storage/state/database.ts';
 import { inJobSpan } from '../../src/telemetry/tracing.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { fileRequests, fileTargets, observedQemuImg, openNodeCache } from '../support/file-pipeline.ts';
 import { residentBytes } from '../support/page-cache.ts';
-import { fileRequests } from '../support/requests.ts';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'images';
@@ -37,12 +33,6 @@ function mixedImage(stripes: number): Buffer {
   parts.push(randomBytes(1000));
   return Buffer.concat(parts);
 }
-
-const noLvm: TargetBackend = {
-  check: () => Promise.reject(new Error('no LVM in this test')),
-  prepare: () => Promise.reject(new Error('no LVM in this test')),
-  release: () => Promise.reject(new Error('no LVM in this test')),
-};
 
 // The jobs' spans, kept in memory: the twin test reads the structure of their traces.
 const spans = new tracing.InMemorySpanExporter();
@@ -100,21 +90,8 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     await client.putObject(BUCKET, 'disguised.raw', qcow2Bytes, qcow2Bytes.length);
 
     const downloader = tracedDownloader(createDownloader({ s3Endpoint: { url: minio.endpoint } }));
-    const cache = new ImageCache({
-      dir: join(workDir, 'cache'),
-      database: StateDatabase.open(join(workDir, 'state', 'state.db')),
-      downloader,
-    });
-    await cache.open();
-    const real = createQemuImg();
-    const qemuImg: QemuImg = {
-      info: (path, format) => real.info(path, format),
-      check: (path, format) => real.check(path, format),
-      convert: (options) => {
-        conversions.push(options.target);
-        return real.convert(options);
-      },
-    };
+    const cache = await openNodeCache(workDir, downloader);
+    const qemuImg = observedQemuImg((options) => conversions.push(options.target));
     targetDir = join(workDir, 'images');
     provisioner = new Provisioner({
       downloader,
@@ -122,7 +99,7 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
       qemuImg,
       // Small, so that targets are flushed and evicted many times during each write.
       pageCache: { syncIntervalBytes: MiB, pageCache: ddPageCache() },
-      targets: { file: new FileTargets({ dir: targetDir, stateDir: join(workDir, 'state') }), lvm: noLvm },
+      targets: fileTargets(workDir, targetDir),
       libvirt: virshPools({ uri: 'test:///default' }),
     });
   });

@@ -13,9 +13,7 @@ import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Provisioner } from '../../src/pipeline/provisioner.ts';
 import { RATE_SAMPLE_BYTES } from '../../src/pipeline/streaming-conversion.ts';
-import { FileTargets, type TargetBackend } from '../../src/pipeline/targets.ts';
 import { PipelineError, type ProgressReport, type ProvisionRequest } from '../../src/pipeline/types.ts';
-import { ImageCache } from '../../src/storage/cache/image-cache.ts';
 import {
   createDownloader,
   type Downloader,
@@ -23,25 +21,18 @@ import {
   ddPageCache,
 } from '../../src/storage/download/index.ts';
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
-import { type ConvertOptions, createQemuImg, type QemuImg } from '../../src/storage/qemu-img/qemu-img.ts';
-import { StateDatabase } from '../../src/storage/state/database.ts';
+import type { ConvertOptions } from '../../src/storage/qemu-img/qemu-img.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
+import { fileRequests, fileTargets, observedQemuImg, openNodeCache } from '../support/file-pipeline.ts';
 import { makeTestImage, sha256 } from '../support/images.ts';
-import { fileRequests } from '../support/requests.ts';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'images';
 const TARGET_BYTES = 128 * MiB;
 /** Whose last batch waits for the conversion: the images that are converted while they download. */
 const HELD = new Set(['image.qcow2', 'mismatch.qcow2', 'aborted.qcow2']);
-
-const noLvm: TargetBackend = {
-  check: () => Promise.reject(new Error('no LVM in this test')),
-  prepare: () => Promise.reject(new Error('no LVM in this test')),
-  release: () => Promise.reject(new Error('no LVM in this test')),
-};
 
 describe('qcow2 images converted while they download (MinIO, NBD, file targets)', {
   timeout: 180_000,
@@ -115,27 +106,16 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
         return real.download(source, { ...options, mirror: lastBatchWaits });
       },
     };
-    const cache = new ImageCache({
-      dir: join(workDir, 'cache'),
-      database: StateDatabase.open(join(workDir, 'state', 'state.db')),
-      downloader,
+    const cache = await openNodeCache(workDir, downloader);
+    const qemuImg = observedQemuImg((options) => {
+      conversions.push(options);
+      if (options.sourceIsExport) {
+        // The job may stop first, so that its download is still held when it does.
+        onStreamedConversion?.();
+        streamedCount += 1;
+        streamedConversions.emit('started');
+      }
     });
-    await cache.open();
-    const realQemuImg = createQemuImg();
-    const qemuImg: QemuImg = {
-      info: (path, format) => realQemuImg.info(path, format),
-      check: (path, format) => realQemuImg.check(path, format),
-      convert: (options) => {
-        conversions.push(options);
-        if (options.sourceIsExport) {
-          // The job may stop first, so that its download is still held when it does.
-          onStreamedConversion?.();
-          streamedCount += 1;
-          streamedConversions.emit('started');
-        }
-        return realQemuImg.convert(options);
-      },
-    };
     targetDir = join(workDir, 'images');
     const deps = {
       downloader,
@@ -143,7 +123,7 @@ describe('qcow2 images converted while they download (MinIO, NBD, file targets)'
       qemuImg,
       rates: { rates: () => ({ download: 100e6, convert: 1e15 }), record: () => {} },
       pageCache: { syncIntervalBytes: 4 * MiB, pageCache: ddPageCache() },
-      targets: { file: new FileTargets({ dir: targetDir, stateDir: join(workDir, 'state') }), lvm: noLvm },
+      targets: fileTargets(workDir, targetDir),
       libvirt: virshPools({ uri: 'test:///default' }),
     };
     provisioner = new Provisioner(deps);
