@@ -4,7 +4,7 @@
 // about 40 MB smaller at the same work (bench/, peak RSS), and the image needs no
 // node_modules. Whitespace and syntax are minified, identifiers are not, so stack traces still
 // name the functions. Types are checked by `tsc -p tsconfig.build.json`, not here.
-import { rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -33,5 +33,17 @@ await build({
   banner: {
     js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);",
   },
+  // Licence comments go to dist/*.LEGAL.txt, shipped beside the bundle: kept inline, one of
+  // them made the bundle non-ASCII (see below).
+  legalComments: 'external',
   logLevel: 'warning',
 });
+
+// V8 keeps a module's source for lazy compilation, and held main.js, with one non-ASCII
+// character (an ä), at two bytes per character: 11.5 MB instead of 5.7 (heap snapshot;
+// bench/ peak RSS about 6 MB lower in every scenario). esbuild escapes such characters in
+// code; this catches any that reach the output another way.
+for (const name of readdirSync(outdir).filter((file) => file.endsWith('.js'))) {
+  const offset = readFileSync(join(outdir, name)).findIndex((byte) => byte > 0x7f);
+  if (offset >= 0) throw new Error(`dist/${name} has a non-ASCII byte at offset ${offset}`);
+}
