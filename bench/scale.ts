@@ -7,7 +7,6 @@ import { type KubeConfig, type KubernetesObject, Watch } from '@kubernetes/clien
 import type { VolumeProvision } from '../src/api/v1alpha1.ts';
 import { SETTINGS } from '../src/config/config.ts';
 import type { KubeControlPlane } from '../test/rig/kube.ts';
-import { freePort } from '../test/rig/net.ts';
 import {
   CONTROLLER_NAMESPACE,
   CONTROLLER_SERVICE_ACCOUNT,
@@ -72,7 +71,6 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
   const nodeNames = Array.from({ length: nodes }, (_, index) =>
     index === 0 ? ctx.nodeName : `${ctx.nodeName}-other-${String(index).padStart(2, '0')}`,
   );
-  const port = await freePort();
   const controller = await startController({
     kubeconfig: ctx.kubeconfig,
     nodeName: ctx.nodeName,
@@ -81,7 +79,6 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
     entry: 'image',
     env: {
       LVP_S3_ENDPOINT: ctx.s3Endpoint,
-      LVP_SERVER_PORT: String(port),
       LVP_STATUS_UPDATE_INTERVAL_SECONDS: String(STATUS_INTERVAL_SECONDS),
       LOG_LEVEL: 'info',
     },
@@ -177,7 +174,7 @@ export async function scaleScenario(ctx: ScaleContext, objects: number, nodes: n
     const job = { name, seconds, seen: seen.get(name) ?? [], writes: statusWrites.get(name) ?? [] };
     return overWriteBudget(job, STATUS_INTERVAL_SECONDS) ?? [];
   });
-  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const metrics = await (await fetch(`http://127.0.0.1:${controller.serverPort}/metrics`)).text();
   const informerReceived = [
     ...metrics.matchAll(
       /^libvirt_volume_provisioner_informer_received_objects_total\{resource="volumeprovisions",source="\w+"\} (\d+)$/gm,

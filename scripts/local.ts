@@ -39,7 +39,7 @@ await cluster
 
 const dirs = controllerDirs(join(workDir, 'node'));
 const logFile = join(workDir, 'controller.log');
-await startController({
+const controller = await startController({
   kubeconfig: await controllerKubeconfig(cluster),
   nodeName: NODE,
   dirs,
@@ -55,6 +55,7 @@ targets into ${dirs.fileTargetDir}.
   Kubernetes API   ${cluster.server}
   MinIO            ${minio.endpoint}  (bucket "images" holds sample.qcow2; Secret default/minio-images)
   Controller log   ${logFile}
+  Metrics          http://127.0.0.1:${controller.serverPort}/metrics  (health: /healthz, /readyz)
 
 Try it in another shell:
 
@@ -63,6 +64,7 @@ Try it in another shell:
   kubectl apply -f ${join(projectRoot, 'examples/local/volumeprovision.yaml')}
   kubectl wait --for=condition=Ready vp/sample-disk --timeout=120s
   kubectl get vp -o wide
+  curl -s http://127.0.0.1:${controller.serverPort}/metrics | grep '^libvirt_volume_provisioner_'
 
 Press Ctrl-C to stop everything.`);
 // The daemons keep this process alive; test/rig/processes.ts stops them on Ctrl-C or SIGTERM.

@@ -21,7 +21,6 @@ import { execa } from 'execa';
 import yaml from 'js-yaml';
 import { SETTINGS } from '../../src/config/config.ts';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
-import { freePort } from '../rig/net.ts';
 import { goTool, projectRoot, toolsDir, versions } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { alertRules, type Dashboard, prometheusQueries } from '../support/chart/monitoring.ts';
@@ -640,16 +639,14 @@ async function exportedMetrics(
   cluster: KubeControlPlane,
 ): Promise<{ source: string; families: MetricFamily[] }> {
   const workDir = makeWorkDir('chart-metrics');
-  const port = await freePort();
   const controller = await startController({
     kubeconfig: await controllerKubeconfig(cluster),
     nodeName: 'chart-node',
     dirs: controllerDirs(workDir),
     logFile: join(workDir, 'controller.log'),
-    env: { LVP_SERVER_PORT: String(port) },
   });
   try {
-    const url = `http://127.0.0.1:${port}/metrics`;
+    const url = `http://127.0.0.1:${controller.serverPort}/metrics`;
     const response = await fetch(url);
     assert.equal(response.status, 200, `${url} answered ${response.status}`);
     return { source: `a live scrape of ${url}`, families: metricFamiliesInExposition(await response.text()) };

@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
-import { freePort } from '../rig/net.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { parseObjects, renderChart } from '../support/chart/render.ts';
 import {
@@ -50,15 +49,14 @@ describe('secure metrics through TokenReview and SubjectAccessReview (real API s
     const kubeconfig = await controllerKubeconfig(cluster, rendered);
     controllerToken = tokenOf(kubeconfig);
     readerToken = tokenOf(await cluster.serviceAccountKubeconfig(CONTROLLER_NAMESPACE, READER));
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
     controller = await startController({
       kubeconfig,
       nodeName: 'hv-auth',
       dirs: controllerDirs(join(workDir, 'node')),
       logFile: join(workDir, 'controller.log'),
-      env: { LVP_SERVER_PORT: String(port), LVP_METRICS_AUTH: 'kubernetes' },
+      env: { LVP_METRICS_AUTH: 'kubernetes' },
     });
+    base = `http://127.0.0.1:${controller.serverPort}`;
   });
   after(async () => {
     await controller?.process.stop();

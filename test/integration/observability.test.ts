@@ -15,7 +15,7 @@ import { TRACEPARENT_ANNOTATION, type VolumeProvision } from '../../src/api/v1al
 import { makeClientCertificate, makeServerCertificate, type ServerCertificate } from '../rig/certs.ts';
 import { type KubeControlPlane, startKubeControlPlane } from '../rig/kube.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
-import { freePort, waitUntil } from '../rig/net.ts';
+import { waitUntil } from '../rig/net.ts';
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from '../rig/otlp.ts';
 import { systemTool } from '../rig/tools.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
@@ -140,8 +140,6 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
     };
     const tokenFile = join(workDir, 'token');
     writeFileSync(tokenFile, `${TOKEN}\n`);
-    const port = await freePort();
-    base = `https://127.0.0.1:${port}`;
     controller = await startController({
       kubeconfig,
       nodeName: NODE,
@@ -152,8 +150,6 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
       entry: 'image',
       env: {
         LVP_S3_ENDPOINT: minio.endpoint,
-        LVP_SERVER_PORT: String(port),
-        LVP_SERVER_ADDRESS: '127.0.0.1',
         LVP_TLS_CERT_FILE: certs.cert,
         LVP_TLS_KEY_FILE: certs.key,
         LVP_TLS_CLIENT_CA_FILE: certs.ca,
@@ -167,8 +163,9 @@ describe('observability of the real controller', { timeout: 600_000 }, () => {
         OTEL_BSP_SCHEDULE_DELAY: '200',
       },
     });
+    base = `https://127.0.0.1:${controller.serverPort}`;
     prometheus = await startPrometheus(join(workDir), {
-      address: `127.0.0.1:${port}`,
+      address: `127.0.0.1:${controller.serverPort}`,
       caFile: certs.ca,
       certFile: clientFiles.cert,
       keyFile: clientFiles.key,

@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import yaml from 'js-yaml';
 import { GROUP, VERSION, VOLUME_PROVISION, type VolumeProvision } from '../../src/api/v1alpha1.ts';
 import type { KubeControlPlane } from '../rig/kube.ts';
-import { waitUntil } from '../rig/net.ts';
+import { freePort, waitUntil } from '../rig/net.ts';
 import { ManagedProcess } from '../rig/processes.ts';
 import { projectRoot } from '../rig/tools.ts';
 import { MANIFESTS_FILE, parseObjects } from './chart/render.ts';
@@ -85,6 +85,8 @@ export function controllerDirs(workDir: string): ControllerDirs {
 
 export interface ControllerProcess {
   process: ManagedProcess;
+  /** The port its health, readiness and metrics server listens on, at 127.0.0.1. */
+  serverPort: number;
   /** The JSON log lines written so far. */
   logs(): Record<string, unknown>[];
 }
@@ -133,6 +135,10 @@ export async function startController(options: {
   nodeName: string;
   dirs: ControllerDirs;
   logFile: string;
+  /**
+   * Unless set here, the server listens on 127.0.0.1 only, at a free port (LVP_SERVER_PORT),
+   * so that a controller never collides with another's, nor with `npm run local`'s.
+   */
   env?: Record<string, string>;
   /**
    * `image` bundles src/ into dist/ (once per test process, so never a stale bundle) and runs
@@ -146,6 +152,7 @@ export async function startController(options: {
   const image = options.entry === 'image' ? imageEntrypoint() : undefined;
   const node = join(projectRoot, 'node_modules/.bin/node');
   const nodeArgs = image ? image.args : [join(projectRoot, 'src/main.ts')];
+  const serverPort = Number(options.env?.LVP_SERVER_PORT ?? (await freePort()));
   const process_ = new ManagedProcess({
     name: 'controller',
     ...(options.wrap ? options.wrap(node, nodeArgs) : { command: node, args: nodeArgs }),
@@ -161,6 +168,8 @@ export async function startController(options: {
       LVP_FILE_TARGET_DIR: options.dirs.fileTargetDir,
       LVP_STATUS_UPDATE_INTERVAL_SECONDS: '1',
       LOG_LEVEL: 'debug',
+      LVP_SERVER_ADDRESS: '127.0.0.1',
+      LVP_SERVER_PORT: String(serverPort),
       ...options.env,
     },
     logFile: options.logFile,
@@ -175,7 +184,7 @@ export async function startController(options: {
     timeoutMs: 30_000,
     process: process_,
   });
-  return { process: process_, logs };
+  return { process: process_, serverPort, logs };
 }
 
 /** Typed access to VolumeProvision objects for tests. */
