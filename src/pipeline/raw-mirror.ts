@@ -49,7 +49,8 @@ export class RawTargetMirror implements DownloadMirror {
         return this.#detach(`the download skipped from byte ${this.#covered} to ${position}`);
       }
       if (position === 0) {
-        const header = Buffer.concat(chunks).subarray(0, headerBytes);
+        // Copies the header's bytes only, not the whole batch (up to 4 MiB).
+        const header = Buffer.concat(chunks, Math.min(headerBytes, length));
         if (header.length < Math.min(headerBytes, this.#options.imageBytes)) {
           return this.#detach('the first bytes arrived in too small a batch to check the header');
         }
