@@ -52,10 +52,10 @@ COPY package.json ./
 #   resident (a 64 KiB threshold saved as much but downloaded about 20 % slower);
 # - arena_max=2: buffers allocated on one thread (libuv's, V8's) and freed on another no
 #   longer leave memory behind in up to 8 arenas per core.
-# jemalloc and mimalloc (Debian's, through LD_PRELOAD) were no smaller on 2026-12-03: 3 runs
-# of the bench's memory, endurance and link scenarios gave peaks of 115, 150 and 145 MB with
-# these tunables, 117-126, 154-166 and 141-155 MB with either (jemalloc also with
-# background_thread, dirty_decay_ms:1000, muzzy_decay_ms:0 and narenas:2).
+# jemalloc and mimalloc (Debian's, through LD_PRELOAD) were no smaller on 2026-12-03: one
+# run each of the bench's memory, endurance and link scenarios gave peaks of 115, 150 and
+# 145 MB with these tunables, 117-126, 154-166 and 141-155 MB with either (jemalloc also
+# with background_thread, dirty_decay_ms:1000, muzzy_decay_ms:0 and narenas:2).
 ENV NODE_ENV=production LC_ALL=C GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2
 EXPOSE 8080
 # A young generation of 1 MiB semi-spaces instead of V8's default (up to 16 MiB each) keeps
