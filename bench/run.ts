@@ -47,6 +47,7 @@ import {
   type MemoryCgroup,
   measureCgroup,
 } from './cgroup.ts';
+import { CpuMeter, type CpuUsage } from './cpu.ts';
 import { startPacedLink } from './link.ts';
 import { STATUS_INTERVAL_SECONDS, scaleScenario } from './scale.ts';
 import { median, round } from './stats.ts';
@@ -121,6 +122,32 @@ const [cluster, minio] = await Promise.all([
 ]);
 // The bench's own client keeps its connections alive, as a long-lived client does: a create's
 // time is then the API server's, not also a TLS handshake of the bench's.
+/** The CPU the loopback misses and hits, and their baselines, cost (see cpu.ts). */
+const meter = new CpuMeter();
+meter.track('MinIO', minio.pid);
+const CPU_STEPS = [
+  'qcow2Miss',
+  'curl, qcow2',
+  'convert after curl, qcow2',
+  'rawMiss',
+  'curl, raw',
+  'convert, raw',
+  'hit',
+  'convert, cold qcow2',
+] as const;
+type CpuStep = (typeof CPU_STEPS)[number];
+const cpuSteps: Partial<Record<CpuStep, (CpuUsage & { seconds: number })[]>> = {};
+const isCpuStep = (step: string): step is CpuStep => (CPU_STEPS as readonly string[]).includes(step);
+const recordCpu = (step: string, seconds: number, usage: CpuUsage) => {
+  if (isCpuStep(step)) cpuSteps[step] = [...(cpuSteps[step] ?? []), { seconds, ...usage }];
+};
+/** Runs `measure`, which returns the seconds it timed, and records its CPU as `step`'s. */
+async function metered(step: CpuStep | undefined, measure: () => Promise<number>): Promise<number> {
+  const end = meter.start();
+  const seconds = await measure();
+  if (step) recordCpu(step, seconds, end());
+  return seconds;
+}
 const admin = new PooledKubeConfig();
 admin.loadFromFile(cluster.kubeconfigPath);
 await installCrds(cluster);
@@ -205,10 +232,11 @@ async function provision(
   format: 'qcow2' | 'raw',
   sizeBytes: number,
   secretName = 'minio',
-): Promise<{ seconds: number; stages: Record<string, number>; object: VolumeProvision }> {
+): Promise<{ seconds: number; stages: Record<string, number>; object: VolumeProvision; cpu: CpuUsage }> {
   sequence += 1;
   const name = `bench-${sequence}`;
   await settle();
+  const endCpu = meter.start();
   const started = performance.now();
   const ready = watchUntil(admin, NAMESPACE, name, isReady, 600_000);
   await objects.create({
@@ -221,6 +249,7 @@ async function provision(
     },
   });
   const { object, at, stagesAt } = await ready;
+  const cpu = endCpu();
   const seen = STAGES.flatMap((stage) => {
     const seenAt = stagesAt.get(stage);
     return seenAt === undefined ? [] : [{ stage, seenAt }];
@@ -229,7 +258,7 @@ async function provision(
   seen.forEach(({ stage, seenAt }, index) => {
     stages[stage] = ((seen[index + 1]?.seenAt ?? at) - seenAt) / 1000;
   });
-  return { seconds: (at - started) / 1000, stages, object };
+  return { seconds: (at - started) / 1000, stages, object, cpu };
 }
 
 /** A fresh key per miss run: a server-side copy, so the node cache has never seen it. */
@@ -263,28 +292,26 @@ const convert = async (
     options = [],
     cold = false,
     afterCurl = false,
-  }: { options?: readonly string[]; cold?: boolean; afterCurl?: boolean } = {},
+    cpu,
+  }: { options?: readonly string[]; cold?: boolean; afterCurl?: boolean; cpu?: CpuStep } = {},
 ) => {
   rmSync(target, { force: true });
   if (cold) await pageCache.evict(source);
   if (!afterCurl) await settle();
-  const seconds = await timeCommand('qemu-img', [
-    'convert',
-    '-f',
-    format,
-    '-O',
-    'raw',
-    ...options,
-    source,
-    target,
-  ]);
-  return seconds + (await timeCommand('sync', ['-f', target]));
+  return metered(
+    cpu,
+    async () =>
+      (await timeCommand('qemu-img', ['convert', '-f', format, '-O', 'raw', ...options, source, target])) +
+      (await timeCommand('sync', ['-f', target])),
+  );
 };
 /** `caFile` for a server whose certificate a private CA signed (the tls scenario's MinIO). */
-const curl = async (url: string, target: string, caFile?: string) => {
+const curl = async (url: string, target: string, caFile?: string, cpu?: CpuStep) => {
   rmSync(target, { force: true });
   await settle();
-  return timeCommand('curl', ['-sS', '--fail', ...(caFile ? ['--cacert', caFile] : []), '-o', target, url]);
+  return metered(cpu, () =>
+    timeCommand('curl', ['-sS', '--fail', ...(caFile ? ['--cacert', caFile] : []), '-o', target, url]),
+  );
 };
 /**
  * The floor for a download that is verified, as ours always is: curl through tee into the file
@@ -335,8 +362,9 @@ const stageSeconds: Partial<Record<SampleKey, Record<string, number>[]>> = {};
  * images, and filled 38 GB of disk within 3 runs.
  */
 async function provisionInto(key: SampleKey, ...args: Parameters<typeof provision>): Promise<void> {
-  const { seconds, stages, object } = await provision(...args);
+  const { seconds, stages, object, cpu } = await provision(...args);
   samples[key].push(seconds);
+  recordCpu(key, seconds, cpu);
   stageSeconds[key] = [...(stageSeconds[key] ?? []), stages];
   const name = object.metadata?.name ?? '';
   await objects.delete(name);
@@ -351,6 +379,7 @@ const removeCopies = (keys: string[], client: Client = s3) => client.removeObjec
 const boundedCache = () => ({ LVP_CACHE_MAX_BYTES: `${4 * sizeMiB}Mi` });
 if (scenarios.has('speed')) {
   const { controller } = await startNode('node', minio.endpoint, boundedCache());
+  meter.track('controller', controller.process.pid);
   // The hits read image.qcow2 by its own URL: cache it first, unmeasured.
   await provision('image.qcow2', 'qcow2', sizeMiB * MiB);
   for (let index = 1; index <= runs; index += 1) {
@@ -358,8 +387,11 @@ if (scenarios.has('speed')) {
     // in the page cache until the first settle()).
     const qcow2Key = await freshCopy('image.qcow2', index);
     const rawKey = await freshCopy('image.raw', index);
-    const curlQcow2 = await curl(await presigned(qcow2Key), downloaded);
-    const convertQcow2 = await convert(downloaded, 'qcow2', converted, { afterCurl: true });
+    const curlQcow2 = await curl(await presigned(qcow2Key), downloaded, undefined, 'curl, qcow2');
+    const convertQcow2 = await convert(downloaded, 'qcow2', converted, {
+      afterCurl: true,
+      cpu: 'convert after curl, qcow2',
+    });
     samples.qcow2Baseline.push(curlQcow2 + convertQcow2);
     samples.qcow2Verified.push((await verifiedCurl(await presigned(qcow2Key), downloaded)) + convertQcow2);
     samples.qcow2SameOptions.push(
@@ -367,15 +399,17 @@ if (scenarios.has('speed')) {
       curlQcow2 +
         (await convert(downloaded, 'qcow2', converted, { options: PRODUCT_OPTIONS, afterCurl: true })),
     );
-    samples.hitBaseline.push(await convert(downloaded, 'qcow2', converted, { cold: true }));
+    samples.hitBaseline.push(
+      await convert(downloaded, 'qcow2', converted, { cold: true, cpu: 'convert, cold qcow2' }),
+    );
     samples.hitSameOptions.push(
       await convert(downloaded, 'qcow2', converted, { cold: true, options: PRODUCT_OPTIONS }),
     );
     await provisionInto('qcow2Miss', qcow2Key, 'qcow2', sizeMiB * MiB);
     await provisionInto('hit', 'image.qcow2', 'qcow2', sizeMiB * MiB);
 
-    const curlRaw = await curl(await presigned(rawKey), downloaded);
-    const convertRaw = await convert(downloaded, 'raw', converted);
+    const curlRaw = await curl(await presigned(rawKey), downloaded, undefined, 'curl, raw');
+    const convertRaw = await convert(downloaded, 'raw', converted, { cpu: 'convert, raw' });
     samples.rawBaseline.push(Math.max(curlRaw, convertRaw));
     samples.rawVerified.push(Math.max(await verifiedCurl(await presigned(rawKey), downloaded), convertRaw));
     await provisionInto('rawMiss', rawKey, 'raw', sizeMiB * MiB);
@@ -679,6 +713,30 @@ const stageBreakdown = Object.entries(stageSeconds).map(([key, perRun]) => ({
     }),
   ),
 }));
+// What each loopback step cost in CPU, with the floor that cost sets on this machine's cores.
+const OURS_STEP_NAMES: Partial<Record<CpuStep, string>> = {
+  qcow2Miss: 'ours, cache miss, qcow2',
+  rawMiss: 'ours, cache miss, raw',
+  hit: 'ours, cache hit',
+};
+const cpuBreakdown = CPU_STEPS.flatMap((step) => {
+  const perRun = cpuSteps[step] ?? [];
+  if (perRun.length === 0) return [];
+  const of = (value: (usage: CpuUsage & { seconds: number }) => number) =>
+    round(median(perRun.map(value)), 2);
+  const machineSeconds = of((usage) => usage.machineSeconds);
+  return [
+    {
+      step: OURS_STEP_NAMES[step] ?? step,
+      seconds: of((usage) => usage.seconds),
+      machineSeconds,
+      controllerSeconds: of((usage) => usage.processSeconds.controller ?? 0),
+      minioSeconds: of((usage) => usage.processSeconds.MinIO ?? 0),
+      stealSeconds: of((usage) => usage.stealSeconds),
+      floorSeconds: round(machineSeconds / meter.cores, 2),
+    },
+  ];
+});
 const rssGrowth = (memory.large ?? 0) / (memory.small ?? 1) - 1;
 const memoryRow = scenarios.has('memory')
   ? {
@@ -709,6 +767,7 @@ const report = {
   results: speed,
   stageSeconds,
   stageBreakdown,
+  cpu: { cores: meter.cores, steps: cpuSteps, breakdown: cpuBreakdown },
   memory: memoryRow,
   ...(endurancePeakRss === undefined
     ? {}
@@ -738,6 +797,19 @@ if (speed.length > 0) {
     ...stageBreakdown.map(
       ({ scenario, seconds }) =>
         `| ${scenario} | ${stageColumns.map((stage) => seconds[stage] ?? '–').join(' | ')} |`,
+    ),
+    '',
+  );
+}
+if (cpuBreakdown.length > 0) {
+  lines.push(
+    `What the loopback steps cost in CPU (medians; CPU-seconds from /proc): the whole machine's outside idle, I/O wait and steal, and of it the controller with its children (qemu-img, GNU dd) and MinIO. MinIO, the controller and the plain tools share the machine's ${meter.cores} cores, so no step can take less than its CPU-seconds divided by ${meter.cores}: the floor.`,
+    '',
+    '| step | wall (s) | machine (CPU-s) | controller (CPU-s) | MinIO (CPU-s) | steal (CPU-s) | floor (s) |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    ...cpuBreakdown.map(
+      (row) =>
+        `| ${row.step} | ${row.seconds} | ${row.machineSeconds} | ${row.controllerSeconds} | ${row.minioSeconds} | ${row.stealSeconds} | ${row.floorSeconds} |`,
     ),
     '',
   );

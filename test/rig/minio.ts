@@ -14,6 +14,8 @@ export interface MinioServer {
   readonly port: number;
   readonly accessKey: string;
   readonly secretKey: string;
+  /** The running server's process ID (a new one after restart). */
+  readonly pid: number;
   client(): Client;
   /** Kills the server at once (SIGKILL), as a crash would: open connections drop. */
   crash(): void;
@@ -90,6 +92,9 @@ export async function startMinio(workDir: string, options: MinioOptions = {}): P
     port,
     accessKey,
     secretKey,
+    get pid() {
+      return minio.pid;
+    },
     client: () =>
       new Client({
         endPoint: '127.0.0.1',
