@@ -120,8 +120,6 @@ const [cluster, minio] = await Promise.all([
   startKubeControlPlane(join(workDir, 'kube')),
   startMinio(join(workDir, 'minio')),
 ]);
-// The bench's own client keeps its connections alive, as a long-lived client does: a create's
-// time is then the API server's, not also a TLS handshake of the bench's.
 /** The CPU the loopback misses and hits, and their baselines, cost (see cpu.ts). */
 const meter = new CpuMeter();
 meter.track('MinIO', minio.pid);
@@ -148,6 +146,8 @@ async function metered(step: CpuStep | undefined, measure: () => Promise<number>
   if (step) recordCpu(step, seconds, end());
   return seconds;
 }
+// The bench's own client keeps its connections alive, as a long-lived client does: a create's
+// time is then the API server's, not also a TLS handshake of the bench's.
 const admin = new PooledKubeConfig();
 admin.loadFromFile(cluster.kubeconfigPath);
 await installCrds(cluster);
