@@ -20,6 +20,12 @@ interface Setting {
   description: string;
 }
 
+/**
+ * How a qcow2 image reaches its target while it downloads: decoded by the controller (auto, file
+ * targets), converted by qemu-img over NBD (qemu, or auto into an LV), or only afterwards.
+ */
+export type WhileDownloading = 'auto' | 'qemu' | 'never';
+
 export interface Config {
   nodeName: string;
   maxConcurrentJobs: number;
@@ -35,7 +41,7 @@ export interface Config {
   s3Endpoint?: string;
   s3Region: string;
   downloadConnections: number;
-  convertWhileDownloading: 'auto' | 'never';
+  convertWhileDownloading: WhileDownloading;
   logLevel: string;
   shutdownTimeoutSeconds: number;
   workers: number;
@@ -179,9 +185,9 @@ export const SETTINGS: readonly Setting[] = [
     flag: 'convert-while-downloading',
     kind: 'string',
     default: 'auto',
-    oneOf: ['auto', 'never'],
+    oneOf: ['auto', 'qemu', 'never'],
     description:
-      "auto: a qcow2 image whose download runs slower than a quarter of the node's measured conversion rate (after its first 32 MiB) is converted while it downloads, over NBD from the partial file; never: always after the download",
+      "auto: a qcow2 image is decoded into a file target as it downloads, and converted into an LV while it downloads (over NBD from the partial file) when its download runs slower than a quarter of the node's measured conversion rate (after its first 32 MiB); qemu: only qemu-img reads qcow2 images, into either kind of target over NBD as auto does for LVs; never: always after the download. Raw images are written into the target as they download in every mode",
   },
   {
     key: 'logLevel',

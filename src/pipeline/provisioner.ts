@@ -4,8 +4,8 @@
 import { join } from 'node:path';
 import type { Attributes, Span } from '@opentelemetry/api';
 import { parseQuantity } from '../api/quantity.ts';
-import type { ImageSource } from '../api/v1alpha1.ts';
-import type { Config } from '../config/config.ts';
+import type { ImageFormat, ImageSource } from '../api/v1alpha1.ts';
+import type { Config, WhileDownloading } from '../config/config.ts';
 import { blkdiscardZeroer } from '../storage/block/zero.ts';
 import { ImageCache } from '../storage/cache/image-cache.ts';
 import {
@@ -16,6 +16,7 @@ import {
   ddPageCache,
   type PageCache,
   type PartialFile,
+  type SourceStat,
   TrailingEviction,
 } from '../storage/download/index.ts';
 import { type LibvirtPools, virshPools } from '../storage/libvirt/virsh.ts';
@@ -37,12 +38,14 @@ import {
 import { inSpan, recordFailure, startSpan } from '../telemetry/tracing.ts';
 import { type Clock, systemClock } from '../util/clock.ts';
 import { DEFAULT_STAGE_RATES, ProgressTracker, type StageRates } from './progress.ts';
+import { Qcow2TargetMirror } from './qcow2-mirror.ts';
 import { RawTargetMirror } from './raw-mirror.ts';
 import {
   removeStaleSocketFolders,
   type StreamedConversion,
   StreamingConversion,
 } from './streaming-conversion.ts';
+import type { TargetMirror } from './target-mirror.ts';
 import { FileTargets, LvmTargets, type PreparedTarget, type TargetBackend } from './targets.ts';
 import {
   type CacheControl,
@@ -70,8 +73,8 @@ export interface ProvisionerDeps {
   /** Measured stage rates: read at the start of each job, fed after each conversion. */
   rates?: StageRateSource;
   metrics?: PipelineMetrics;
-  /** Whether a qcow2 image may be converted while it downloads (streaming-conversion.ts). */
-  convertWhileDownloading?: boolean;
+  /** How a qcow2 image may reach its target while it downloads (Config); by default auto. */
+  convertWhileDownloading?: WhileDownloading;
   /**
    * How often a target's page cache is flushed and evicted, when a raw image is written into it
    * while it downloads or qemu-img converts into a file; by default as often as a download's.
@@ -136,20 +139,18 @@ export class Provisioner implements Pipeline, CacheControl {
     };
     const volume = volumeAttributes(request.uid, spec, sizeBytes);
     const prepare = () => inSpan('CreateVolume', volume, () => backend.prepare(request.uid, spec, sizeBytes));
-    // A raw image that fits is written into the target while it downloads (see raw-mirror.ts),
-    // so its target is prepared first. Nothing reaches the target before the header check.
-    const early = spec.source.format === 'raw' && stat.sizeBytes <= sizeBytes ? await prepare() : undefined;
+    // Written into the target while it downloads (see target-mirror.ts), so its target is
+    // prepared first: a raw image that fits, and a qcow2 image into a file. Nothing reaches the
+    // target before the header check.
+    const whileDownloading = this.#deps.convertWhileDownloading ?? 'auto';
+    const mirrorable =
+      spec.source.format === 'raw'
+        ? stat.sizeBytes <= sizeBytes
+        : whileDownloading === 'auto' && spec.target.type === 'file';
+    const early = mirrorable ? await prepare() : undefined;
     const mirror =
       early && !early.complete
-        ? new RawTargetMirror({
-            path: early.target.writePath,
-            isBlockDevice: early.target.isBlockDevice,
-            imageBytes: stat.sizeBytes,
-            signal,
-            ...this.#pageCache,
-            onDetach: (reason) =>
-              options.logger?.info({ reason }, 'stopped writing the raw image while downloading'),
-          })
+        ? this.#mirror(spec.source.format, early.target, stat, sizeBytes, options)
         : undefined;
     /** qemu-img into the target; a file target's pages are flushed and evicted as it goes. */
     const convertInto = async (
@@ -192,7 +193,7 @@ export class Provisioner implements Pipeline, CacheControl {
     let downloaded = false;
     let streamedBytes: { done: number; total: number } | undefined;
     const streaming =
-      spec.source.format === 'qcow2' && this.#deps.convertWhileDownloading !== false
+      spec.source.format === 'qcow2' && !early && whileDownloading !== 'never'
         ? new StreamingConversion({
             qemuImg: this.#deps.qemuImg,
             imageBytes: stat.sizeBytes,
@@ -248,7 +249,7 @@ export class Provisioner implements Pipeline, CacheControl {
         },
       });
       joined.succeeded(entry);
-      mirrored = (await mirror?.finish()) ?? false;
+      mirrored = (await mirror?.finish(entry.path)) ?? false;
       downloaded = true;
       if (streamedBytes) onProgress(tracker.report('Converting', streamedBytes.done, streamedBytes.total));
       streamed = await streaming?.finish(true);
@@ -318,6 +319,27 @@ export class Provisioner implements Pipeline, CacheControl {
     } finally {
       entry.release();
     }
+  }
+
+  #mirror(
+    format: ImageFormat,
+    target: PreparedTarget,
+    stat: SourceStat,
+    targetBytes: number,
+    { signal, logger }: ProvisionOptions,
+  ): TargetMirror {
+    const options = {
+      path: target.writePath,
+      isBlockDevice: target.isBlockDevice,
+      imageBytes: stat.sizeBytes,
+      signal,
+      ...this.#pageCache,
+      onDetach: (reason: string) =>
+        logger?.info({ reason }, `stopped writing the ${format} image while downloading`),
+    };
+    return format === 'raw'
+      ? new RawTargetMirror(options)
+      : new Qcow2TargetMirror({ ...options, targetBytes });
   }
 
   async release(request: Pick<ProvisionRequest, 'uid' | 'spec'>): Promise<void> {
@@ -473,7 +495,7 @@ export async function createPipeline(
   return new Provisioner({
     rates,
     metrics,
-    convertWhileDownloading: config.convertWhileDownloading === 'auto',
+    convertWhileDownloading: config.convertWhileDownloading,
     downloader,
     pageCache: { syncIntervalBytes: DEFAULT_SYNC_INTERVAL_BYTES, pageCache },
     cache,

@@ -1,6 +1,7 @@
-// Raw images written into their target while they download: the real Provisioner, Downloader,
+// Images written into their target while they download: the real Provisioner, Downloader,
 // ImageCache, qemu-img, GNU dd and file targets against the rig's real MinIO. qemu-img is
-// wrapped only to count conversions. The LVM side of the same path runs in provision-lvm.test.ts.
+// wrapped only to count conversions. The LVM side of the raw path runs in provision-lvm.test.ts;
+// the qcow2 decoder's layouts in qcow2-mirror.test.ts.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -57,7 +58,7 @@ function downloadSpansOfEachJob() {
 const sharedFlags = (downloads: ReturnType<typeof downloadSpansOfEachJob>) =>
   downloads.map((spansOfJob) => spansOfJob.map((span) => span.attributes['image.download_shared'])).sort();
 
-describe('raw images written while they download (MinIO, file targets)', { timeout: 180_000 }, () => {
+describe('images written while they download (MinIO, file targets)', { timeout: 180_000 }, () => {
   let workDir: string;
   let minio: MinioServer;
   let provisioner: Provisioner;
@@ -74,20 +75,38 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     await client.putObject(BUCKET, 'mixed.raw', mixed, mixed.length);
     await client.putObject(BUCKET, 'shared.raw', mixed, mixed.length);
     await client.putObject(BUCKET, 'prewarmed.raw', mixed, mixed.length);
+    /** `raw` as a qcow2 image's bytes, made by qemu-img. */
+    const asQcow2 = (name: string, raw: Buffer) => {
+      writeFileSync(join(workDir, `${name}.raw`), raw);
+      execFileSync('qemu-img', [
+        'convert',
+        '-f',
+        'raw',
+        '-O',
+        'qcow2',
+        ...[`${name}.raw`, `${name}.qcow2`].map((file) => join(workDir, file)),
+      ]);
+      return readFileSync(join(workDir, `${name}.qcow2`));
+    };
     // A qcow2 file declared raw: its header must never reach a target.
-    const plain = join(workDir, 'plain.raw');
-    writeFileSync(plain, mixedImage(2));
+    qcow2Bytes = asQcow2('disguised', mixedImage(2));
+    await client.putObject(BUCKET, 'disguised.raw', qcow2Bytes, qcow2Bytes.length);
+    const mixedQcow2 = asQcow2('mixed', mixed);
+    // zstd compression is an incompatible feature, which the decoder leaves to qemu-img.
     execFileSync('qemu-img', [
       'convert',
       '-f',
-      'raw',
+      'qcow2',
       '-O',
       'qcow2',
-      plain,
-      join(workDir, 'disguised.qcow2'),
+      '-c',
+      '-o',
+      'compression_type=zstd',
+      ...['mixed.qcow2', 'zstd.qcow2'].map((file) => join(workDir, file)),
     ]);
-    qcow2Bytes = readFileSync(join(workDir, 'disguised.qcow2'));
-    await client.putObject(BUCKET, 'disguised.raw', qcow2Bytes, qcow2Bytes.length);
+    const zstd = readFileSync(join(workDir, 'zstd.qcow2'));
+    await client.putObject(BUCKET, 'zstd.qcow2', zstd, zstd.length);
+    await client.putObject(BUCKET, 'mixed.qcow2', mixedQcow2, mixedQcow2.length);
 
     const downloader = tracedDownloader(createDownloader({ s3Endpoint: { url: minio.endpoint } }));
     const cache = await openNodeCache(workDir, downloader);
@@ -135,6 +154,23 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
   const downloadedTo = (progress: ProgressReport[]) =>
     Math.max(...progress.filter((report) => report.stage === 'Downloading').map((r) => r.overallPercent));
   const filesFor = (volumeName: string) => readdirSync(targetDir).filter((name) => name.includes(volumeName));
+  /** A job that wrote `mixed` into its target as it downloaded; returns the target's bytes. */
+  function assertWrittenWhileDownloading(volumeName: string, progress: ProgressReport[]): Buffer {
+    // The download is the whole job here, so it carries the progress nearly to the end.
+    assert.deepEqual(stagesOf(progress), ['Initializing', 'Downloading', 'Finalizing']);
+    assert.equal(downloadedTo(progress), WRITTEN_WHILE_DOWNLOADING_SHARE * 100);
+    assert.equal(progress.at(-1)?.overallPercent, 100);
+    const written = readFileSync(join(targetDir, volumeName));
+    assert.equal(written.length, 32 * MiB, 'the file has the target size');
+    assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), 'content equals the image');
+    assert.ok(
+      written.subarray(mixed.length).every((byte) => byte === 0),
+      'zeros past the image',
+    );
+    const allocated = statSync(join(targetDir, volumeName)).blocks * 512;
+    assert.ok(allocated < mixed.length - 6 * MiB, `zero stripes stay holes (${allocated} bytes allocated)`);
+    return written;
+  }
 
   it('writes a raw cache miss into the target during the download: byte for byte, sparse, no conversion', async () => {
     const before = conversions.length;
@@ -142,19 +178,36 @@ describe('raw images written while they download (MinIO, file targets)', { timeo
     const result = await provision(request('mixed.raw', 'streamed.img'), progress);
     assert.equal(result.cacheHit, false);
     assert.equal(conversions.length, before, 'qemu-img convert did not run');
-    // The download is the whole job here, so it carries the progress nearly to the end.
-    assert.deepEqual(stagesOf(progress), ['Initializing', 'Downloading', 'Finalizing']);
-    assert.equal(downloadedTo(progress), WRITTEN_WHILE_DOWNLOADING_SHARE * 100);
-    assert.equal(progress.at(-1)?.overallPercent, 100);
-    const written = readFileSync(join(targetDir, 'streamed.img'));
-    assert.equal(written.length, 32 * MiB, 'the file has the target size');
-    assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed), 'content equals the image');
-    assert.ok(
-      written.subarray(mixed.length).every((byte) => byte === 0),
-      'zeros past the image',
-    );
-    const allocated = statSync(join(targetDir, 'streamed.img')).blocks * 512;
-    assert.ok(allocated < mixed.length - 6 * MiB, `zero stripes stay holes (${allocated} bytes allocated)`);
+    assertWrittenWhileDownloading('streamed.img', progress);
+  });
+
+  it('decodes a qcow2 cache miss into a file target during the download: same content, sparse, no conversion', async () => {
+    const before = conversions.length;
+    const progress: ProgressReport[] = [];
+    const result = await provision(request('mixed.qcow2', 'decoded.img', { format: 'qcow2' }), progress);
+    assert.equal(result.cacheHit, false);
+    // qcow2 rounds the raw file's size up to whole sectors.
+    assert.equal(result.virtualSize, Math.ceil(mixed.length / 512) * 512);
+    assert.equal(conversions.length, before, 'qemu-img convert did not run');
+    const written = assertWrittenWhileDownloading('decoded.img', progress);
+    // A hit of the same image converts from the cache, to the same content.
+    const hit = await provision(request('mixed.qcow2', 'decoded-hit.img', { format: 'qcow2' }));
+    assert.equal(hit.cacheHit, true);
+    assert.equal(conversions.length, before + 1);
+    const converted = readFileSync(join(targetDir, 'decoded-hit.img'));
+    assert.equal(sha256(converted), sha256(written));
+  });
+
+  it('converts a qcow2 image the decoder does not take after the download, into the target it had prepared', async () => {
+    const before = conversions.length;
+    const progress: ProgressReport[] = [];
+    const result = await provision(request('zstd.qcow2', 'zstd.img', { format: 'qcow2' }), progress);
+    assert.equal(result.cacheHit, false);
+    assert.equal(conversions.length, before + 1);
+    assert.deepEqual(stagesOf(progress), ['Initializing', 'Downloading', 'Converting', 'Finalizing']);
+    const written = readFileSync(join(targetDir, 'zstd.img'));
+    assert.equal(sha256(written.subarray(0, mixed.length)), sha256(mixed));
+    assert.deepEqual(filesFor('zstd'), ['zstd.img'], 'no partial file left');
   });
 
   it('converts a cache hit with qemu-img, to the same content, and leaves none of it in the page cache', async () => {

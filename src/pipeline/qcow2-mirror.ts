@@ -1,0 +1,298 @@
+// Writes a qcow2 image into its target while it downloads (see target-mirror.ts), decoding the
+// clusters as they arrive: the header names the L1 table, the L1 table the L2 tables, and each
+// L2 table where its guest clusters' bytes are in the file. Images written by qemu-img put an
+// L2 table before the clusters it maps, so nearly every byte is placed as it arrives; the rest
+// (bytes that came before the table that maps them) is read back from the downloaded file at
+// the end. Compressed clusters are inflated as qemu does (raw deflate, one cluster each).
+//
+// Only what storage/qcow2/layout.ts decodes exactly as qemu does is mirrored; anything else
+// (a backing file, encryption, incompatible features, reserved bits, an unaligned offset)
+// detaches the mirror, and qemu-img converts the image after the download instead.
+import { open } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { constants, inflateRaw } from 'node:zlib';
+import {
+  type ClusterMapping,
+  decodeL1Entry,
+  decodeL2Entry,
+  guestBytesPerL2Table,
+  HEADER_BYTES,
+  parseHeader,
+  type Qcow2Header,
+} from '../storage/qcow2/layout.ts';
+import { TargetMirror, type TargetMirrorOptions } from './target-mirror.ts';
+
+const inflate = promisify(inflateRaw);
+
+export interface Qcow2MirrorOptions extends TargetMirrorOptions {
+  /** The size of the qcow2 file. */
+  imageBytes: number;
+  /** The target's size: an image whose virtual size exceeds it is left to inspection to refuse. */
+  targetBytes: number;
+}
+
+/** Bytes of the file that must be whole before they mean anything: a table or a compressed cluster. */
+interface Region {
+  start: number;
+  end: number;
+  /** Allocated when its first byte arrives: an L1 table may name thousands of L2 tables. */
+  bytes?: Buffer;
+  /** Bytes from `start` copied into `bytes`. */
+  filled: number;
+  complete(bytes: Buffer): Promise<void> | void;
+}
+
+/** Guest bytes whose file bytes passed before their mapping was known: read back at the end. */
+interface LateCopy {
+  fileOffset: number;
+  guestOffset: number;
+  length: number;
+}
+
+/**
+ * At most this many clusters may wait for their bytes or be read back: about 100 bytes each.
+ * Images from qemu-img keep a single L2 table's worth waiting (8,192 with 64 KiB clusters).
+ */
+const MAX_WAITING_CLUSTERS = 262_144;
+/** Reads of the downloaded file at the end. */
+const READ_BACK_BYTES = 4 * 1024 * 1024;
+
+export class Qcow2TargetMirror extends TargetMirror {
+  readonly #imageBytes: number;
+  readonly #targetBytes: number;
+  #header: Qcow2Header | undefined;
+  /** Bytes received from offset 0. */
+  #received = 0;
+  /** The batch being placed: [#batchStart, #received) of the file. */
+  #batchStart = 0;
+  /** Regions still filling as bytes arrive. */
+  #filling: Region[] = [];
+  /** Regions whose first bytes passed before they were known. */
+  #lateRegions: Region[] = [];
+  /** Data clusters still to arrive: file offset → the guest offsets that read it. */
+  #waiting = new Map<number, number[]>();
+  #lateCopies: LateCopy[] = [];
+  /** Set while the regions are completed from the downloaded file: nothing arrives any more. */
+  #streamEnded = false;
+  /** A table or cluster lies past the file's end: qemu-img decides what that means. */
+  #pastEnd = false;
+
+  constructor(options: Qcow2MirrorOptions) {
+    super(options);
+    this.#imageBytes = options.imageBytes;
+    this.#targetBytes = options.targetBytes;
+  }
+
+  protected async received(chunks: readonly Buffer[], position: number): Promise<void> {
+    if (position !== this.#received)
+      return this.detach(`the download went from byte ${this.#received} to ${position}`);
+    const length = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+    this.#batchStart = position;
+    this.#received = position + length;
+    if (position === 0 && !this.#start(Buffer.concat(chunks, Math.min(HEADER_BYTES, length)))) return;
+    // Completing a region may define regions further on in the same batch.
+    for (let progressed = true; progressed && !this.detached; ) {
+      progressed = false;
+      for (const region of this.#filling) {
+        copyInto(region, chunks, position);
+        if (region.bytes && region.filled === region.bytes.length) {
+          this.#filling = this.#filling.filter((other) => other !== region);
+          await region.complete(region.bytes);
+          progressed = true;
+          break;
+        }
+      }
+    }
+    if (!this.detached) await this.#placeData(chunks, position);
+  }
+
+  protected async completed(downloadedPath: string): Promise<boolean> {
+    if (this.#header === undefined || this.#received !== this.#imageBytes) return false;
+    this.#streamEnded = true;
+    const file = await open(downloadedPath, 'r');
+    try {
+      const read = async (offset: number, length: number) => {
+        const bytes = Buffer.alloc(length);
+        const { bytesRead } = await file.read(bytes, 0, length, offset);
+        return bytes.subarray(0, bytesRead);
+      };
+      while (this.#lateRegions.length > 0 && !this.detached) {
+        const region = this.#lateRegions.shift() as Region;
+        const bytes = await read(region.start, region.end - region.start);
+        if (bytes.length < region.end - region.start) return false;
+        await region.complete(bytes);
+      }
+      if (this.#pastEnd || this.#filling.length > 0 || this.#waiting.size > 0 || this.detached) return false;
+      const copies = this.#lateCopies.sort((a, b) => a.fileOffset - b.fileOffset);
+      for (const copy of copies) {
+        for (let done = 0; done < copy.length && !this.detached; done += READ_BACK_BYTES) {
+          const length = Math.min(READ_BACK_BYTES, copy.length - done);
+          const bytes = await read(copy.fileOffset + done, length);
+          if (bytes.length < length) return false;
+          await this.writeTarget([bytes], copy.guestOffset + done);
+        }
+      }
+      return !this.detached;
+    } finally {
+      await file.close();
+    }
+  }
+
+  /** Reads the header from the first batch; false if the mirror detached. */
+  #start(first: Buffer): boolean {
+    const header = parseHeader(first);
+    if (typeof header === 'string') {
+      this.detach(header);
+      return false;
+    }
+    if (this.options.isBlockDevice) {
+      // Its unmapped ranges would need zeros written; qemu-img does that.
+      this.detach('a block device target is written by qemu-img');
+      return false;
+    }
+    if (header.virtualSize > this.#targetBytes) {
+      this.detach(`the virtual size ${header.virtualSize} exceeds the target's ${this.#targetBytes} bytes`);
+      return false;
+    }
+    this.#header = header;
+    this.#track(header.l1Offset, header.l1Entries * 8, (l1) => this.#mapL1(header, l1));
+    return true;
+  }
+
+  /** Starts filling a region, or reads it back at the end if its first bytes have passed. */
+  #track(start: number, length: number, complete: Region['complete']): void {
+    const end = Math.min(start + length, this.#imageBytes);
+    if (end <= start) {
+      this.#pastEnd = true;
+      return;
+    }
+    const region: Region = { start, end, filled: 0, complete };
+    if (this.#streamEnded || start < this.#batchStart) this.#lateRegions.push(region);
+    else this.#filling.push(region);
+  }
+
+  #mapL1(header: Qcow2Header, l1: Buffer): void {
+    const guestPerTable = guestBytesPerL2Table(header);
+    for (let index = 0; index * guestPerTable < header.virtualSize; index += 1) {
+      const tableOffset = decodeL1Entry(header, l1.readBigUInt64BE(index * 8));
+      if (typeof tableOffset === 'string') {
+        this.detach(tableOffset);
+        return;
+      }
+      const guestStart = index * guestPerTable;
+      if (tableOffset !== 0)
+        this.#track(tableOffset, header.clusterSize, (table) => this.#mapL2(header, table, guestStart));
+    }
+  }
+
+  #mapL2(header: Qcow2Header, table: Buffer, guestStart: number): void {
+    for (let index = 0; index < table.length / 8; index += 1) {
+      const guestOffset = guestStart + index * header.clusterSize;
+      if (guestOffset >= header.virtualSize) break;
+      const mapping: ClusterMapping | string = decodeL2Entry(header, table.readBigUInt64BE(index * 8));
+      if (typeof mapping === 'string') {
+        this.detach(mapping);
+        return;
+      }
+      if (mapping.kind === 'data') this.#mapData(header, mapping.offset, guestOffset);
+      else if (mapping.kind === 'compressed')
+        this.#track(mapping.offset, mapping.length, (compressed) =>
+          this.#inflate(header, compressed, guestOffset),
+        );
+      // Zeros need no write: a new file reads as zeros, and a block device is not mirrored.
+    }
+    if (this.#waiting.size + this.#lateCopies.length + this.#lateRegions.length > MAX_WAITING_CLUSTERS)
+      this.detach(`more than ${MAX_WAITING_CLUSTERS} clusters lie before the tables that map them`);
+  }
+
+  #mapData(header: Qcow2Header, fileOffset: number, guestOffset: number): void {
+    const length = Math.min(header.clusterSize, header.virtualSize - guestOffset);
+    const passed = this.#streamEnded ? length : Math.max(0, Math.min(length, this.#batchStart - fileOffset));
+    if (passed > 0) this.#lateCopies.push({ fileOffset, guestOffset, length: passed });
+    if (passed === length) return;
+    const guests = this.#waiting.get(fileOffset);
+    if (guests) guests.push(guestOffset);
+    else this.#waiting.set(fileOffset, [guestOffset]);
+  }
+
+  async #inflate(header: Qcow2Header, compressed: Buffer, guestOffset: number): Promise<void> {
+    let cluster: Buffer;
+    try {
+      // The region may run on past the stream's end, as qemu's read does: sync flush, not finish.
+      cluster = await inflate(compressed, {
+        finishFlush: constants.Z_SYNC_FLUSH,
+        maxOutputLength: header.clusterSize,
+      });
+    } catch (error) {
+      return this.detach(`a compressed cluster does not inflate: ${(error as Error).message}`);
+    }
+    if (cluster.length !== header.clusterSize)
+      return this.detach(
+        `a compressed cluster inflates to ${cluster.length} bytes, not ${header.clusterSize}`,
+      );
+    const length = Math.min(header.clusterSize, header.virtualSize - guestOffset);
+    await this.writeTarget([cluster.subarray(0, length)], guestOffset);
+  }
+
+  /** Writes the batch's data clusters whose guest offsets are known, runs of guest bytes at once. */
+  async #placeData(chunks: readonly Buffer[], position: number): Promise<void> {
+    const header = this.#header;
+    if (header === undefined || this.#waiting.size === 0) return;
+    const end = this.#received;
+    const pieces: { guestOffset: number; fileOffset: number; length: number }[] = [];
+    const firstCluster = position - (position % header.clusterSize);
+    for (let cluster = firstCluster; cluster < end; cluster += header.clusterSize) {
+      const guests = this.#waiting.get(cluster);
+      if (!guests) continue;
+      const from = Math.max(cluster, position);
+      const length = Math.min(cluster + header.clusterSize, end) - from;
+      for (const guest of guests) {
+        const guestLength = Math.min(length, header.virtualSize - guest - (from - cluster));
+        if (guestLength > 0)
+          pieces.push({ guestOffset: guest + from - cluster, fileOffset: from, length: guestLength });
+      }
+      if (cluster + header.clusterSize <= end) this.#waiting.delete(cluster);
+    }
+    pieces.sort((a, b) => a.guestOffset - b.guestOffset);
+    let run: Buffer[] = [];
+    let runStart = 0;
+    let runEnd = 0;
+    for (const piece of pieces) {
+      if (run.length > 0 && piece.guestOffset !== runEnd) {
+        await this.writeTarget(run, runStart);
+        run = [];
+      }
+      if (run.length === 0) runStart = piece.guestOffset;
+      run.push(...sliceBatch(chunks, position, piece.fileOffset, piece.length));
+      runEnd = piece.guestOffset + piece.length;
+    }
+    if (run.length > 0) await this.writeTarget(run, runStart);
+  }
+}
+
+/** Copies the batch's bytes that the region still lacks. */
+function copyInto(region: Region, chunks: readonly Buffer[], position: number): void {
+  const from = region.start + region.filled;
+  const batchEnd = position + chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+  if (from < position || from >= batchEnd) return;
+  const length = Math.min(region.end, batchEnd) - from;
+  region.bytes ??= Buffer.alloc(region.end - region.start);
+  for (const piece of sliceBatch(chunks, position, from, length)) {
+    piece.copy(region.bytes, region.filled);
+    region.filled += piece.length;
+  }
+}
+
+/** The batch's bytes [offset, offset + length) as views of its chunks. */
+function sliceBatch(chunks: readonly Buffer[], position: number, offset: number, length: number): Buffer[] {
+  const views: Buffer[] = [];
+  let chunkStart = position;
+  for (const chunk of chunks) {
+    const chunkEnd = chunkStart + chunk.length;
+    const from = Math.max(offset, chunkStart);
+    const to = Math.min(offset + length, chunkEnd);
+    if (from < to) views.push(chunk.subarray(from - chunkStart, to - chunkStart));
+    chunkStart = chunkEnd;
+  }
+  return views;
+}

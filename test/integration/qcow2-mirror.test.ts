@@ -1,0 +1,182 @@
+// qcow2 images decoded into a file target as they arrive (Qcow2TargetMirror), against what real
+// qemu-img makes of the same images: images written by qemu-img and qemu-io in every layout the
+// decoder accepts, fed in batches of several sizes, must come out byte for byte as
+// `qemu-img convert -O raw` writes them; anything it does not decode must detach it.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { before, describe, it } from 'node:test';
+import { Qcow2TargetMirror } from '../../src/pipeline/qcow2-mirror.ts';
+import { ddPageCache } from '../../src/storage/download/index.ts';
+import { makeWorkDir } from '../rig/workdir.ts';
+import { sha256 } from '../support/images.ts';
+
+const MiB = 1024 * 1024;
+/** Not a whole number of clusters: the last one is partly past the guest disk's end. */
+const VIRTUAL_BYTES = 8 * MiB + 1536;
+
+/** Random stripes, zeros and an odd tail, as a guest disk holds. */
+function guestDisk(): Buffer {
+  const disk = Buffer.alloc(VIRTUAL_BYTES);
+  for (let offset = 0; offset < VIRTUAL_BYTES; offset += 640 * 1024)
+    if ((offset / (640 * 1024)) % 3 !== 1) randomBytes(320 * 1024).copy(disk, offset + 100);
+  randomBytes(1000).copy(disk, VIRTUAL_BYTES - 1000);
+  return disk;
+}
+
+const qemuImg = (...args: string[]) => execFileSync('qemu-img', args);
+const qemuIo = (image: string, ...commands: string[]) =>
+  execFileSync('qemu-io', ['-f', 'qcow2', ...commands.flatMap((command) => ['-c', command]), image]);
+
+interface Mirrored {
+  complete: boolean;
+  detached: string[];
+  target: string;
+}
+
+describe('qcow2 images decoded into a file target as they download', { timeout: 120_000 }, () => {
+  let workDir: string;
+  let rawPath: string;
+  let count = 0;
+  /** A new file name in the work folder. */
+  const fresh = (prefix: string, extension: string) => {
+    count += 1;
+    return join(workDir, `${prefix}-${count}.${extension}`);
+  };
+
+  before(() => {
+    workDir = makeWorkDir('qcow2-mirror');
+    rawPath = join(workDir, 'disk.raw');
+    writeFileSync(rawPath, guestDisk());
+  });
+
+  /** Feeds the image to a mirror in batches of `batchBytes`, as a download does, then finishes it. */
+  async function mirror(
+    image: string,
+    batchBytes: number,
+    extra: { targetBytes?: number; isBlockDevice?: boolean } = {},
+  ): Promise<Mirrored> {
+    const bytes = readFileSync(image);
+    const target = fresh('target', 'img');
+    const detached: string[] = [];
+    const mirrored = new Qcow2TargetMirror({
+      path: target,
+      isBlockDevice: extra.isBlockDevice ?? false,
+      imageBytes: bytes.length,
+      targetBytes: extra.targetBytes ?? 16 * MiB,
+      signal: new AbortController().signal,
+      syncIntervalBytes: MiB,
+      pageCache: ddPageCache(),
+      onDetach: (reason) => detached.push(reason),
+    });
+    for (let position = 0; position < bytes.length; position += batchBytes) {
+      // Batches come as several chunks, as the download's reads do.
+      const batch = bytes.subarray(position, position + batchBytes);
+      const half = Math.floor(batch.length / 2);
+      await mirrored.write([batch.subarray(0, half), batch.subarray(half)], position);
+    }
+    return { complete: await mirrored.finish(image), detached, target };
+  }
+
+  /** What qemu-img writes for the image: the reference. */
+  function converted(image: string): Buffer {
+    const out = fresh('converted', 'raw');
+    qemuImg('convert', '-f', 'qcow2', '-O', 'raw', image, out);
+    return readFileSync(out);
+  }
+
+  /** Asserts the mirror wrote what qemu-img writes, once the target has its size (as a commit gives it). */
+  function assertSameAsQemuImg(result: Mirrored, image: string): void {
+    assert.deepEqual(result.detached, []);
+    assert.equal(result.complete, true);
+    truncateSync(result.target, VIRTUAL_BYTES);
+    assert.equal(sha256(readFileSync(result.target)), sha256(converted(image)));
+  }
+
+  const layouts: { name: string; options: string[]; batches: number[] }[] = [
+    { name: 'default (64 KiB clusters, version 3)', options: [], batches: [MiB, 4097] },
+    { name: '512-byte clusters', options: ['-o', 'cluster_size=512'], batches: [65_549] },
+    { name: '2 MiB clusters', options: ['-o', 'cluster_size=2M'], batches: [MiB] },
+    { name: 'version 2 (compat=0.10)', options: ['-o', 'compat=0.10'], batches: [MiB] },
+    { name: 'compressed clusters', options: ['-c'], batches: [MiB, 3001] },
+  ];
+  for (const { name, options, batches } of layouts) {
+    it(`writes what qemu-img convert writes: ${name}`, async () => {
+      const image = fresh('layout', 'qcow2');
+      qemuImg('convert', '-f', 'raw', '-O', 'qcow2', ...options, rawPath, image);
+      for (const batchBytes of batches) assertSameAsQemuImg(await mirror(image, batchBytes), image);
+    });
+  }
+
+  it('leaves the guest disk’s zeros as holes in the file', async () => {
+    const image = join(workDir, 'sparse.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, image);
+    const result = await mirror(image, MiB);
+    assert.equal(result.complete, true);
+    const allocated = statSync(result.target).blocks * 512;
+    assert.ok(allocated < VIRTUAL_BYTES * 0.6, `${allocated} bytes allocated`);
+  });
+
+  it('reads zero clusters as zeros, over data written before them', async () => {
+    const image = join(workDir, 'zeroed.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, image);
+    // Zero flag with the cluster still allocated, and without.
+    qemuIo(image, 'write -z 0 128k', 'write -z -u 1M 256k');
+    assertSameAsQemuImg(await mirror(image, MiB), image);
+  });
+
+  it('reads back from the downloaded file what came before the table that maps it', async () => {
+    // A snapshot shares the data; writing after it copies the L2 table to the file's end, so
+    // the active table comes after the clusters it maps.
+    const image = join(workDir, 'snapshot.qcow2');
+    qemuImg('create', '-f', 'qcow2', image, String(VIRTUAL_BYTES));
+    qemuIo(image, 'write -P 0x11 0 1M', 'write -P 0x33 3M 100k');
+    qemuImg('snapshot', '-c', 'before', image);
+    qemuIo(image, 'write -P 0x22 2M 64k');
+    const result = await mirror(image, 256 * 1024);
+    assertSameAsQemuImg(result, image);
+    const written = readFileSync(result.target);
+    assert.equal(written[0], 0x11, 'a cluster read back');
+    assert.equal(written[2 * MiB], 0x22, 'a cluster written as it arrived');
+  });
+
+  it('detaches from an image with a backing file, and writes nothing', async () => {
+    const base = join(workDir, 'base.qcow2');
+    const overlay = join(workDir, 'overlay.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, base);
+    qemuImg('create', '-f', 'qcow2', '-F', 'qcow2', '-b', base, overlay);
+    const result = await mirror(overlay, MiB);
+    assert.equal(result.complete, false);
+    assert.deepEqual(result.detached, ['the image names a backing file']);
+  });
+
+  it('detaches from an L2 entry with reserved bits set', async () => {
+    const image = join(workDir, 'reserved.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, image);
+    const bytes = readFileSync(image);
+    // The first L2 table's first entry: the L1 table's first entry gives its offset.
+    const l1Offset = Number(bytes.readBigUInt64BE(40));
+    const l2Offset = Number(bytes.readBigUInt64BE(l1Offset) & 0x00fffffffffffe00n);
+    bytes.writeUInt8(bytes.readUInt8(l2Offset + 7) | 0x02, l2Offset + 7);
+    writeFileSync(image, bytes);
+    const result = await mirror(image, MiB);
+    assert.equal(result.complete, false);
+    assert.equal(result.detached.length, 1);
+    assert.match(result.detached[0] ?? '', /^an L2 entry \(0x[0-9a-f]+\) sets reserved bits$/);
+  });
+
+  it('detaches when the virtual size exceeds the target, or the target is a block device', async () => {
+    const image = join(workDir, 'plain.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, image);
+    const small = await mirror(image, MiB, { targetBytes: 8 * MiB });
+    assert.equal(small.complete, false);
+    assert.deepEqual(small.detached, [
+      `the virtual size ${VIRTUAL_BYTES} exceeds the target's ${8 * MiB} bytes`,
+    ]);
+    const device = await mirror(image, MiB, { isBlockDevice: true });
+    assert.equal(device.complete, false);
+    assert.deepEqual(device.detached, ['a block device target is written by qemu-img']);
+  });
+});
