@@ -50,7 +50,8 @@ interface LateCopy {
 }
 
 /**
- * At most this many clusters may wait for their bytes or be read back: about 100 bytes each.
+ * At most this many tables and clusters may wait for their bytes or be read back: about 100
+ * bytes each.
  * Images from qemu-img keep a single L2 table's worth waiting (8,192 with 64 KiB clusters).
  */
 const MAX_WAITING_CLUSTERS = 262_144;
@@ -110,8 +111,10 @@ export class Qcow2TargetMirror extends TargetMirror {
     if (this.#header === undefined || this.#received !== this.#imageBytes) return false;
     this.#streamEnded = true;
     const file = await open(downloadedPath, 'r');
+    let readBack = false;
     try {
       const read = async (offset: number, length: number) => {
+        readBack = true;
         const bytes = Buffer.alloc(length);
         const { bytesRead } = await file.read(bytes, 0, length, offset);
         return bytes.subarray(0, bytesRead);
@@ -135,6 +138,8 @@ export class Qcow2TargetMirror extends TargetMirror {
       return !this.detached;
     } finally {
       await file.close();
+      // What was read back stays out of the page cache, as a conversion's O_DIRECT reads do.
+      if (readBack) await this.options.pageCache.evict(downloadedPath);
     }
   }
 
@@ -183,6 +188,7 @@ export class Qcow2TargetMirror extends TargetMirror {
       if (tableOffset !== 0)
         this.#track(tableOffset, header.clusterSize, (table) => this.#mapL2(header, table, guestStart));
     }
+    this.#boundWaiting();
   }
 
   #mapL2(header: Qcow2Header, table: Buffer, guestStart: number): void {
@@ -201,8 +207,15 @@ export class Qcow2TargetMirror extends TargetMirror {
         );
       // Zeros need no write: a new file reads as zeros, and a block device is not mirrored.
     }
-    if (this.#waiting.size + this.#lateCopies.length + this.#lateRegions.length > MAX_WAITING_CLUSTERS)
-      this.detach(`more than ${MAX_WAITING_CLUSTERS} clusters lie before the tables that map them`);
+    this.#boundWaiting();
+  }
+
+  /** Keeps what waits for its bytes (or to be read back) within MAX_WAITING_CLUSTERS. */
+  #boundWaiting(): void {
+    const waiting =
+      this.#waiting.size + this.#lateCopies.length + this.#lateRegions.length + this.#filling.length;
+    if (waiting > MAX_WAITING_CLUSTERS)
+      this.detach(`more than ${MAX_WAITING_CLUSTERS} tables and clusters wait for their bytes`);
   }
 
   #mapData(header: Qcow2Header, fileOffset: number, guestOffset: number): void {

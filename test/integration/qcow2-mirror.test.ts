@@ -12,6 +12,7 @@ import { Qcow2TargetMirror } from '../../src/pipeline/qcow2-mirror.ts';
 import { ddPageCache } from '../../src/storage/download/index.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { sha256 } from '../support/images.ts';
+import { residentBytes } from '../support/page-cache.ts';
 
 const MiB = 1024 * 1024;
 /** Not a whole number of clusters: the last one is partly past the guest disk's end. */
@@ -147,6 +148,7 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
     qemuImg('snapshot', '-c', 'before', image);
     qemuIo(image, 'write -P 0x22 2M 64k');
     const result = await mirror(image, 256 * 1024);
+    assert.equal(residentBytes(image), 0, 'what was read back left the page cache');
     assertSameAsQemuImg(result, image);
     const written = readFileSync(result.target);
     assert.equal(written[0], 0x11, 'a cluster read back');
