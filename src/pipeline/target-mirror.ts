@@ -81,8 +81,9 @@ export abstract class TargetMirror implements DownloadMirror {
     return this.#detached;
   }
 
-  /** Writes `chunks` back to back at `offset` of the target. */
+  /** Writes `chunks` back to back at `offset` of the target, unless the mirror let go of it. */
   protected async writeTarget(chunks: readonly Buffer[], offset: number): Promise<void> {
+    if (this.#detached) return;
     this.#writer ??= await this.#open();
     await this.#writer.write(chunks, offset);
   }

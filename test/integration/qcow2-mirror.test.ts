@@ -155,6 +155,14 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
     assert.equal(written[2 * MiB], 0x22, 'a cluster written as it arrived');
   });
 
+  it('reads back and inflates compressed clusters that came before the table that maps them', async () => {
+    const image = join(workDir, 'compressed-snapshot.qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', '-c', rawPath, image);
+    qemuImg('snapshot', '-c', 'before', image);
+    qemuIo(image, 'write -P 0x22 2M 64k');
+    assertSameAsQemuImg(await mirror(image, MiB), image);
+  });
+
   it('never completes a target that differs from what qemu-img makes of a damaged image it accepts', async () => {
     // Changes to the first L2 table that qemu-img accepts (clusters swapped, unmapped or
     // zeroed) and random damage to the header, the L1 and the L2 table. Whenever the mirror
