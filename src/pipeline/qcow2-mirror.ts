@@ -67,8 +67,11 @@ interface LateCopy {
  * Images from qemu-img keep a single L2 table's worth waiting (8,192 with 64 KiB clusters).
  */
 const MAX_WAITING_CLUSTERS = 262_144;
-/** Compressed clusters read back at the end that inflate at once (64 KiB to 2 MiB each). */
-const INFLATE_AT_ONCE = 32;
+/**
+ * Inflated bytes held at once. A batch of 4 MiB can hold thousands of compressed clusters of
+ * nearly nothing but zeros, each inflating to a whole cluster (up to 2 MiB).
+ */
+const INFLATED_BYTES_AT_ONCE = 8 * 1024 * 1024;
 /** Reads of the downloaded file at the end. */
 const READ_BACK_BYTES = 4 * 1024 * 1024;
 
@@ -111,7 +114,10 @@ export class Qcow2TargetMirror extends TargetMirror {
     while (!this.detached) {
       const completed = this.#fill(chunks, position);
       if (completed.length === 0) break;
-      for (const region of completed) region.complete(region.bytes as Buffer);
+      for (const region of completed) {
+        region.complete(region.bytes as Buffer);
+        await this.#boundInflating();
+      }
     }
     if (!this.detached) await this.#placeData(chunks, position);
     await this.#writeInflated();
@@ -134,7 +140,7 @@ export class Qcow2TargetMirror extends TargetMirror {
         const bytes = await read(region.start, region.end - region.start);
         if (bytes.length < region.end - region.start) return false;
         region.complete(bytes);
-        if (this.#inflating.length >= INFLATE_AT_ONCE) await this.#writeInflated();
+        await this.#boundInflating();
       }
       await this.#writeInflated();
       if (this.#pastEnd || this.#filling.length > 0 || this.#waiting.size > 0 || this.detached) return false;
@@ -272,6 +278,12 @@ export class Qcow2TargetMirror extends TargetMirror {
       (error: unknown) => `a compressed cluster does not inflate: ${(error as Error).message}`,
     );
     this.#inflating.push({ guestOffset, cluster });
+  }
+
+  /** Writes what inflates once it would hold more than INFLATED_BYTES_AT_ONCE. */
+  async #boundInflating(): Promise<void> {
+    const clusterSize = this.#header?.clusterSize ?? 0;
+    if ((this.#inflating.length + 1) * clusterSize > INFLATED_BYTES_AT_ONCE) await this.#writeInflated();
   }
 
   /**

@@ -155,6 +155,19 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
     assert.equal(written[2 * MiB], 0x22, 'a cluster written as it arrived');
   });
 
+  it('inflates many compressed clusters per batch, a few at a time: 2 MiB clusters of compressible data', async () => {
+    const compressible = guestDisk();
+    for (let index = 0; index < compressible.length; index += 1)
+      compressible.writeUInt8(compressible.readUInt8(index) & 0x0f, index);
+    const raw = fresh('compressible', 'raw');
+    writeFileSync(raw, compressible);
+    const [image, plain] = [fresh('compressible', 'qcow2'), fresh('uncompressed', 'qcow2')];
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', '-c', '-o', 'cluster_size=2M', raw, image);
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=2M', raw, plain);
+    assert.ok(statSync(image).size < statSync(plain).size - 2 * MiB, 'the clusters are stored compressed');
+    for (const batchBytes of [4 * MiB, 65_536]) assertSameAsQemuImg(await mirror(image, batchBytes), image);
+  });
+
   it('reads back and inflates compressed clusters that came before the table that maps them', async () => {
     const image = join(workDir, 'compressed-snapshot.qcow2');
     qemuImg('convert', '-f', 'raw', '-O', 'qcow2', '-c', rawPath, image);
