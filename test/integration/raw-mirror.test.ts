@@ -107,6 +107,7 @@ describe('images written while they download (MinIO, file targets)', { timeout: 
     const zstd = readFileSync(join(workDir, 'zstd.qcow2'));
     await client.putObject(BUCKET, 'zstd.qcow2', zstd, zstd.length);
     await client.putObject(BUCKET, 'mixed.qcow2', mixedQcow2, mixedQcow2.length);
+    await client.putObject(BUCKET, 'stopped.qcow2', mixedQcow2, mixedQcow2.length);
 
     const downloader = tracedDownloader(createDownloader({ s3Endpoint: { url: minio.endpoint } }));
     const cache = await openNodeCache(workDir, downloader);
@@ -196,6 +197,22 @@ describe('images written while they download (MinIO, file targets)', { timeout: 
     assert.equal(conversions.length, before + 1);
     const converted = readFileSync(join(targetDir, 'decoded-hit.img'));
     assert.equal(sha256(converted), sha256(written));
+  });
+
+  it('stops decoding a qcow2 image when the job stops mid-download, and leaves no target file', async () => {
+    const stop = new AbortController();
+    const error = await provisioner
+      .provision(request('stopped.qcow2', 'stopped.img', { format: 'qcow2' }), {
+        signal: stop.signal,
+        // Half the image is in the target by now; the rest never arrives there.
+        onProgress: (report) => {
+          if (report.stage === 'Downloading' && report.bytesProcessed > report.bytesTotal / 2)
+            stop.abort(new Error('the object was deleted'));
+        },
+      })
+      .catch((caught: unknown) => caught);
+    assert.equal((error as Error).message, 'the object was deleted');
+    assert.deepEqual(filesFor('stopped'), []);
   });
 
   it('converts a qcow2 image the decoder does not take after the download, into the target it had prepared', async () => {
