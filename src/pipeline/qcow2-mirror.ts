@@ -168,7 +168,7 @@ export class Qcow2TargetMirror extends TargetMirror {
     const completed: Region[] = [];
     for (const region of this.#filling) {
       if (region.start >= this.#received) break;
-      copyInto(region, chunks, position);
+      copyInto(region, chunks, position, this.#received);
       if (region.bytes?.length === region.filled) completed.push(region);
     }
     if (completed.length > 0)
@@ -307,7 +307,7 @@ export class Qcow2TargetMirror extends TargetMirror {
     const header = this.#header;
     if (header === undefined || this.#waiting.size === 0) return;
     const end = this.#received;
-    const pieces: { guestOffset: number; fileOffset: number; length: number }[] = [];
+    const pieces: Piece[] = [];
     const firstCluster = position - (position % header.clusterSize);
     for (let cluster = firstCluster; cluster < end; cluster += header.clusterSize) {
       const guests = this.#waiting.get(cluster);
@@ -317,16 +317,14 @@ export class Qcow2TargetMirror extends TargetMirror {
       for (const guest of guests) {
         const guestLength = Math.min(length, header.virtualSize - guest - (from - cluster));
         if (guestLength > 0)
-          pieces.push({ guestOffset: guest + from - cluster, fileOffset: from, length: guestLength });
+          pieces.push({
+            guestOffset: guest + from - cluster,
+            bytes: sliceBatch(chunks, position, from, guestLength),
+          });
       }
       if (cluster + header.clusterSize <= end) this.#waiting.delete(cluster);
     }
-    await this.#writePieces(
-      pieces.map(({ guestOffset, fileOffset, length }) => ({
-        guestOffset,
-        bytes: sliceBatch(chunks, position, fileOffset, length),
-      })),
-    );
+    await this.#writePieces(pieces);
   }
 
   /** Writes the pieces in guest order, each run of adjacent ones with one write. */
@@ -348,10 +346,9 @@ export class Qcow2TargetMirror extends TargetMirror {
   }
 }
 
-/** Copies the batch's bytes that the region still lacks. */
-function copyInto(region: Region, chunks: readonly Buffer[], position: number): void {
+/** Copies the batch's bytes, [position, batchEnd) of the file, that the region still lacks. */
+function copyInto(region: Region, chunks: readonly Buffer[], position: number, batchEnd: number): void {
   const from = region.start + region.filled;
-  const batchEnd = position + chunks.reduce((sum, chunk) => sum + chunk.length, 0);
   if (from < position || from >= batchEnd) return;
   const length = Math.min(region.end, batchEnd) - from;
   region.bytes ??= Buffer.alloc(region.end - region.start);
