@@ -25,8 +25,6 @@ import { TargetMirror, type TargetMirrorOptions } from './target-mirror.ts';
 const inflate = promisify(inflateRaw);
 
 export interface Qcow2MirrorOptions extends TargetMirrorOptions {
-  /** The size of the qcow2 file. */
-  imageBytes: number;
   /** The target's size: an image whose virtual size exceeds it is left to inspection to refuse. */
   targetBytes: number;
 }
@@ -76,7 +74,6 @@ const INFLATED_BYTES_AT_ONCE = 8 * 1024 * 1024;
 const READ_BACK_BYTES = 4 * 1024 * 1024;
 
 export class Qcow2TargetMirror extends TargetMirror {
-  readonly #imageBytes: number;
   readonly #targetBytes: number;
   #header: Qcow2Header | undefined;
   /** Bytes received from offset 0. */
@@ -99,7 +96,6 @@ export class Qcow2TargetMirror extends TargetMirror {
 
   constructor(options: Qcow2MirrorOptions) {
     super(options);
-    this.#imageBytes = options.imageBytes;
     this.#targetBytes = options.targetBytes;
   }
 
@@ -124,7 +120,7 @@ export class Qcow2TargetMirror extends TargetMirror {
   }
 
   protected async completed(downloadedPath: string): Promise<boolean> {
-    if (this.#header === undefined || this.#received !== this.#imageBytes) return false;
+    if (this.#header === undefined || this.#received !== this.options.imageBytes) return false;
     this.#streamEnded = true;
     const file = await open(downloadedPath, 'r');
     let readBack = false;
@@ -199,7 +195,7 @@ export class Qcow2TargetMirror extends TargetMirror {
 
   /** Starts filling a region, or reads it back at the end if its first bytes have passed. */
   #track(start: number, length: number, complete: Region['complete']): void {
-    const end = Math.min(start + length, this.#imageBytes);
+    const end = Math.min(start + length, this.options.imageBytes);
     if (end <= start) {
       this.#pastEnd = true;
       return;

@@ -2,22 +2,11 @@
 // to the same offset. The image's first bytes are checked (evaluateHeader) before any byte
 // reaches the target, so a "raw" image that starts with a container header is never written.
 import { evaluateHeader, headerBytes } from '../storage/qemu-img/policy.ts';
-import { TargetMirror, type TargetMirrorOptions } from './target-mirror.ts';
-
-export interface RawMirrorOptions extends TargetMirrorOptions {
-  /** The image's size; for raw, also its virtual size. */
-  imageBytes: number;
-}
+import { TargetMirror } from './target-mirror.ts';
 
 export class RawTargetMirror extends TargetMirror {
-  readonly #imageBytes: number;
   /** The image's bytes from offset 0 that are in the target. */
   #covered = 0;
-
-  constructor(options: RawMirrorOptions) {
-    super(options);
-    this.#imageBytes = options.imageBytes;
-  }
 
   protected async received(chunks: readonly Buffer[], position: number): Promise<void> {
     if (position !== 0 && position !== this.#covered) {
@@ -27,7 +16,7 @@ export class RawTargetMirror extends TargetMirror {
     if (position === 0) {
       // Copies the header's bytes only, not the whole batch (up to 4 MiB).
       const header = Buffer.concat(chunks, Math.min(headerBytes, length));
-      if (header.length < Math.min(headerBytes, this.#imageBytes)) {
+      if (header.length < Math.min(headerBytes, this.options.imageBytes)) {
         return this.detach('the first bytes arrived in too small a batch to check the header');
       }
       const verdict = evaluateHeader('raw', header);
@@ -38,6 +27,6 @@ export class RawTargetMirror extends TargetMirror {
   }
 
   protected async completed(): Promise<boolean> {
-    return this.#covered === this.#imageBytes;
+    return this.#covered === this.options.imageBytes;
   }
 }

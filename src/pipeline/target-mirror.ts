@@ -16,6 +16,8 @@ export interface TargetMirrorOptions {
   /** The target's write path: a new file, or an existing block device. */
   path: string;
   isBlockDevice: boolean;
+  /** The size of the image file being downloaded. */
+  imageBytes: number;
   /** The job's signal: the mirror lets go of the target as soon as the job stops. */
   signal: AbortSignal;
   syncIntervalBytes: number;
@@ -40,6 +42,9 @@ export abstract class TargetMirror implements DownloadMirror {
     if (this.#detached) return;
     try {
       await this.received(chunks, position);
+      // The image's last bytes are in: the target's flush overlaps the download's own.
+      const end = chunks.reduce((sum, chunk) => sum + chunk.length, position);
+      if (end === this.options.imageBytes) this.#writer?.startFlush();
     } catch (error) {
       this.detach(`writing into ${this.options.path} failed: ${(error as Error).message}`);
     }

@@ -8,8 +8,9 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
+import { setTimeout } from 'node:timers/promises';
 import { Qcow2TargetMirror } from '../../src/pipeline/qcow2-mirror.ts';
-import { ddPageCache } from '../../src/storage/download/index.ts';
+import { ddPageCache, type PageCache } from '../../src/storage/download/index.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { sha256 } from '../support/images.ts';
 import { residentBytes } from '../support/page-cache.ts';
@@ -42,6 +43,13 @@ function seededRandom(seed: number): () => number {
   };
 }
 
+interface MirrorExtras {
+  targetBytes?: number;
+  isBlockDevice?: boolean;
+  syncIntervalBytes?: number;
+  pageCache?: PageCache;
+}
+
 interface Mirrored {
   complete: boolean;
   detached: string[];
@@ -65,11 +73,13 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
   });
 
   /** Feeds the image to a mirror in batches of `batchBytes`, as a download does, then finishes it. */
-  async function mirror(
-    image: string,
-    batchBytes: number,
-    extra: { targetBytes?: number; isBlockDevice?: boolean; syncIntervalBytes?: number } = {},
-  ): Promise<Mirrored> {
+  async function mirror(image: string, batchBytes: number, extra: MirrorExtras = {}): Promise<Mirrored> {
+    const { mirrored, detached, target } = await feed(image, batchBytes, extra);
+    return { complete: await mirrored.finish(image), detached, target };
+  }
+
+  /** Feeds the image to a new mirror in batches of `batchBytes`, as a download does. */
+  async function feed(image: string, batchBytes: number, extra: MirrorExtras = {}) {
     const bytes = readFileSync(image);
     const target = fresh('target', 'img');
     const detached: string[] = [];
@@ -80,7 +90,7 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
       targetBytes: extra.targetBytes ?? 16 * MiB,
       signal: new AbortController().signal,
       syncIntervalBytes: extra.syncIntervalBytes ?? MiB,
-      pageCache: ddPageCache(),
+      pageCache: extra.pageCache ?? ddPageCache(),
       onDetach: (reason) => detached.push(reason),
     });
     for (let position = 0; position < bytes.length; position += batchBytes) {
@@ -89,7 +99,7 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
       const half = Math.floor(batch.length / 2);
       await mirrored.write([batch.subarray(0, half), batch.subarray(half)], position);
     }
-    return { complete: await mirrored.finish(image), detached, target };
+    return { mirrored, detached, target };
   }
 
   /** What qemu-img writes for the image: the reference. */
@@ -121,6 +131,29 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
       for (const batchBytes of batches) assertSameAsQemuImg(await mirror(image, batchBytes), image);
     });
   }
+
+  it('starts flushing the target as the last byte arrives, and flushes nothing twice', async () => {
+    const image = fresh('flushed', 'qcow2');
+    qemuImg('convert', '-f', 'raw', '-O', 'qcow2', rawPath, image);
+    // One flush is one eviction; an interval larger than the image leaves only the last one.
+    let evictions = 0;
+    let flushed: () => void = () => {};
+    const firstFlush = new Promise<void>((resolve) => {
+      flushed = resolve;
+    });
+    const pageCache: PageCache = {
+      evict: async () => {
+        evictions += 1;
+        flushed();
+      },
+    };
+    const { mirrored, target } = await feed(image, MiB, { pageCache, syncIntervalBytes: 64 * MiB });
+    const noFlush = setTimeout(30_000).then(() => assert.fail('no flush began before finish()'));
+    await Promise.race([firstFlush, noFlush]);
+    assert.equal(await mirrored.finish(image), true);
+    assert.equal(evictions, 1, 'finish() waited for the flush begun at the last byte and added none');
+    assertSameAsQemuImg({ complete: true, detached: [], target }, image);
+  });
 
   it('leaves the guest disk’s zeros as holes in the file', async () => {
     const image = join(workDir, 'sparse.qcow2');

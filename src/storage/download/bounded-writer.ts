@@ -22,6 +22,8 @@ export class BoundedWriter {
   readonly #path: string;
   readonly #options: BoundedWriterOptions;
   #unsyncedBytes = 0;
+  /** Something was written since the last flush began. */
+  #dirty = false;
   /** The background flush; it never rejects, its error waits in #flushFailure. */
   #flushing: Promise<void> = Promise.resolve();
   #flushFailure: unknown;
@@ -56,11 +58,35 @@ export class BoundedWriter {
     if (run.length > 0) await this.#write(run, runStart);
   }
 
-  /** Makes everything written so far durable and drops it from the page cache. */
+  /** Sets the file's size, e.g. past trailing zeros that were never written; flush() makes it durable. */
+  async setSize(bytes: number): Promise<void> {
+    await this.#file.truncate(bytes);
+    this.#dirty = true;
+  }
+
+  /**
+   * Makes everything written so far durable and drops it from the page cache. After a
+   * startFlush() with nothing written since, it only waits for that flush.
+   */
   async flush(): Promise<void> {
     await this.#settled();
+    if (!this.#dirty) return;
     this.#unsyncedBytes = 0;
     await this.#syncAndEvict();
+  }
+
+  /**
+   * Starts flushing what has been written so far, in the background, after any flush still
+   * running; flush() and idle() wait for it. For a writer that expects few writes more, so
+   * that its last flush overlaps other work.
+   */
+  startFlush(): void {
+    this.#unsyncedBytes = 0;
+    this.#flushing = this.#flushing
+      .then(() => this.#syncAndEvict())
+      .catch((error: unknown) => {
+        this.#flushFailure = error;
+      });
   }
 
   /**
@@ -72,6 +98,8 @@ export class BoundedWriter {
   }
 
   async #syncAndEvict(): Promise<void> {
+    // Writes that complete from here on may miss this sync: they mark the file dirty again.
+    this.#dirty = false;
     await this.#file.datasync();
     await this.#options.pageCache.evict(this.#path);
   }
@@ -92,13 +120,11 @@ export class BoundedWriter {
         written += (await this.#file.write(rest, written, length - written, position + written)).bytesWritten;
       }
     }
+    this.#dirty = true;
     this.#unsyncedBytes += length;
     if (this.#unsyncedBytes >= this.#options.syncIntervalBytes) {
       await this.#settled();
-      this.#unsyncedBytes = 0;
-      this.#flushing = this.#syncAndEvict().catch((error: unknown) => {
-        this.#flushFailure = error;
-      });
+      this.startFlush();
     }
   }
 }

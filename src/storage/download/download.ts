@@ -261,9 +261,7 @@ async function download(
     signal.throwIfAborted();
     const { sha256 } = transfer.verify();
     await onDisk(folder, async () => {
-      // Trailing zeros were not written; the file still has the object's size.
-      await file.truncate(info.sizeBytes);
-      await transfer.flush();
+      await transfer.complete();
       await file.close();
       closed = true;
     });
@@ -559,9 +557,13 @@ class Transfer {
     return { body, offset: this.bytesDone };
   }
 
-  /** Makes the partial file durable and drops it from the page cache. */
-  flush(): Promise<void> {
-    return this.#writer.flush();
+  /**
+   * Gives the partial file the object's size (trailing zeros were not written), makes it
+   * durable and drops it from the page cache.
+   */
+  async complete(): Promise<void> {
+    await this.#writer.setSize(this.#info.sizeBytes);
+    await this.#writer.flush();
   }
 
   /** Resolves once the partial file may be removed; see BoundedWriter.idle. */

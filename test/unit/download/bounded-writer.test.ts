@@ -1,5 +1,5 @@
 // BoundedWriter into a real file: blocks of zeros inside a chunk stay holes, whatever the
-// chunk size its source hands out.
+// chunk size its source hands out; a flush started early is not repeated for nothing.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -44,5 +44,52 @@ describe('BoundedWriter', () => {
     const allocated = statSync(path).blocks * 512;
     assert.ok(allocated <= 512 * KiB, `${allocated} bytes allocated`);
     assert.ok(evicted.length >= 1 && evicted.every((each) => each === path), 'the flush evicted the file');
+  });
+
+  /** A writer whose flushes are counted by their evictions (one after each datasync). */
+  async function counted(name: string, evict: (path: string) => Promise<void> = async () => {}) {
+    const path = join(dir, name);
+    const file = await open(path, 'wx');
+    const flushes: string[] = [];
+    const writer = new BoundedWriter(file, path, {
+      syncIntervalBytes: 1024 * KiB,
+      pageCache: {
+        evict: async (evictedPath) => {
+          flushes.push(evictedPath);
+          await evict(evictedPath);
+        },
+      },
+      skipZeroBlocks: true,
+    });
+    return { file, writer, flushes };
+  }
+
+  it('after startFlush, flush only waits for it unless something was written or sized since', async () => {
+    const { file, writer, flushes } = await counted('early.raw');
+    await writer.write([randomBytes(64 * KiB)], 0);
+    writer.startFlush();
+    await writer.flush();
+    assert.equal(flushes.length, 1, 'the early flush covered everything');
+    await writer.write([randomBytes(64 * KiB)], 64 * KiB);
+    await writer.flush();
+    assert.equal(flushes.length, 2, 'a write after the early flush is flushed');
+    await writer.setSize(1024 * KiB);
+    await writer.flush();
+    assert.equal(flushes.length, 3, 'a new size is flushed');
+    await writer.flush();
+    assert.equal(flushes.length, 3, 'nothing new, nothing flushed');
+    await file.close();
+    assert.equal(statSync(join(dir, 'early.raw')).size, 1024 * KiB);
+  });
+
+  it('reports an early flush that failed from the next flush', async () => {
+    const { file, writer } = await counted('failing.raw', async () => {
+      throw new Error('eviction failed');
+    });
+    await writer.write([randomBytes(64 * KiB)], 0);
+    writer.startFlush();
+    await writer.idle();
+    await assert.rejects(writer.flush(), /eviction failed/);
+    await file.close();
   });
 });
