@@ -1,12 +1,12 @@
 // Where a converted image goes: an LVM logical volume, or a raw file in a libvirt `dir` pool.
 // Both recognise what they made for a given VolumeProvision UID, reuse it after a crash, and
 // refuse (terminally) to overwrite or remove anything they did not make.
-import { closeSync, fsyncSync, openSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VolumeProvisionSpec } from '../api/v1alpha1.ts';
 import type { BlockZeroer } from '../storage/block/zero.ts';
 import type { EnsureVolumeRequest, VolumeManager } from '../storage/lvm/volumes.ts';
+import { fsyncFolder } from '../util/fs.ts';
 import { PipelineError } from './types.ts';
 
 export interface PreparedTarget {
@@ -80,7 +80,8 @@ export class FileTargets implements TargetBackend {
             await file.close();
           }
           await rename(writePath, finalPath);
-          syncDirectory(this.#dir);
+          // The rename is durable only once the folder is synced.
+          await fsyncFolder(this.#dir);
         },
         discard: () => rm(writePath, { force: true }),
       },
@@ -201,15 +202,5 @@ async function exists(path: string): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-/** A rename is durable only once its folder is synced. */
-function syncDirectory(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
   }
 }
