@@ -16,7 +16,8 @@
 // - Jobs that want the same image share one download, with progress for each; it is aborted
 //   only when every job waiting for it has aborted.
 // - Size (maxBytes) and age (maxAgeMs since the entry was verified) are bounded. Before a
-//   download, least-recently-used files are evicted until the new image fits. A file in use is
+//   download, least-recently-used files are evicted until the new image fits (the download
+//   waits for their unlink only if the disk lacks the room it frees). A file in use is
 //   never evicted: acquire returns a lease, and the lease is released after conversion. Leases
 //   live in memory only, since a crash ends every use.
 // - open() reconciles the folder with the index after a crash: partial files, files the index
@@ -42,7 +43,7 @@ import type {
   PartialFile,
   SourceStat,
 } from '../download/index.ts';
-import { DownloadReason, isPartialFile, PARTIAL_FILE_PREFIX } from '../download/index.ts';
+import { DownloadReason, freeSpace, isPartialFile, PARTIAL_FILE_PREFIX } from '../download/index.ts';
 import { errorCode } from '../download/source.ts';
 import type { StateDatabase } from '../state/database.ts';
 import type { RateRecorder } from '../state/stage-rates.ts';
@@ -65,6 +66,8 @@ export interface ImageCacheOptions {
   maxAgeMs?: number;
   /** The rate of each download is recorded here (stage `download`). */
   rates?: RateRecorder;
+  /** How much room the cache folder's disk has; by default statfs (download's freeSpace). */
+  freeSpace?: typeof freeSpace;
   /** Warnings about files that could not be removed or synced in the background. */
   logger?: { warn(fields: object, message: string): void };
   clock?: Clock;
@@ -131,6 +134,7 @@ export class ImageCache {
   readonly #maxAgeMs: number;
   readonly #rates: RateRecorder | undefined;
   readonly #logger: ImageCacheOptions['logger'];
+  readonly #freeSpace: typeof freeSpace;
   readonly #clock: Clock;
   /** Downloads that jobs can still join, by URL and expected content. */
   readonly #inflight = new Map<string, SharedDownload>();
@@ -153,6 +157,7 @@ export class ImageCache {
     this.#maxAgeMs = maxAgeMs;
     this.#rates = options.rates;
     this.#logger = options.logger;
+    this.#freeSpace = options.freeSpace ?? freeSpace;
     this.#clock = options.clock ?? systemClock;
   }
 
@@ -330,7 +335,10 @@ export class ImageCache {
     // A partial-file name: if the process dies before the commit, open() removes it.
     const incoming = join(this.#dir, `${PARTIAL_FILE_PREFIX}incoming-${randomBytes(8).toString('hex')}`);
     try {
-      await room;
+      // Unlinking the evicted files takes long (on ext4 about 0.4 s per GiB they held): the
+      // download waits for it only when the disk lacks the room they free.
+      const { free, needed } = await this.#freeSpace(this.#dir, stat.sizeBytes);
+      if (free < needed) await room;
       const startedAt = this.#clock.now();
       const result = await this.#downloader.download(source, {
         destinationPath: incoming,
@@ -434,7 +442,8 @@ export class ImageCache {
 
   /**
    * Evicts least-recently-used files not in use until `sizeBytes` more fits; throws if it
-   * cannot. Resolves when the evicted files are gone.
+   * cannot. They leave the index at once; the promise resolves when they are gone from the
+   * disk, and never rejects (a file that could not be removed is logged, and open() retries).
    */
   #makeRoom(sizeBytes: number, description: string): Promise<void> {
     if (sizeBytes > this.#maxBytes)
@@ -450,7 +459,7 @@ export class ImageCache {
         `${description} needs ${sizeBytes} bytes in the image cache, but images in use by running jobs and downloads in progress hold ${this.#heldBytes()} of its ${this.#maxBytes} bytes; it is retried`,
         { terminal: false },
       );
-    return Promise.all(victims.map((blob) => this.#removeBlob(blob.sha256))).then(() => {});
+    return this.#track(Promise.all(victims.map((blob) => this.#removeBlob(blob.sha256))).then(() => {}));
   }
 
   /** The least recently used blobs not in use whose removal lets `sizeBytes` more fit; undefined if none do. */
@@ -514,8 +523,11 @@ export class ImageCache {
     await rm(doomed, { force: true });
   }
 
-  /** Keeps a promise for close(); a failure is only logged, since open() cleans up after it. */
-  #track(work: Promise<void>): void {
+  /**
+   * Keeps a promise for close(); a failure is only logged, since open() cleans up after it.
+   * Returns it settled, never rejecting.
+   */
+  #track(work: Promise<void>): Promise<void> {
     const settled = work.then(
       () => {},
       (error: unknown) =>
@@ -523,6 +535,7 @@ export class ImageCache {
     );
     this.#background.add(settled);
     void settled.finally(() => this.#background.delete(settled));
+    return settled;
   }
 
   #fileSize(sha256: string): number | undefined {

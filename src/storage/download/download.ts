@@ -345,14 +345,21 @@ function formatBytes(bytes: number): string {
   return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
 }
 
+/** The bytes free in `folder`, and the bytes a download of `sizeBytes` needs there. */
+export async function freeSpace(
+  folder: string,
+  sizeBytes: number,
+): Promise<{ free: number; needed: number }> {
+  const { bavail, bsize } = await onDisk(folder, () => statfs(folder));
+  return { free: bavail * bsize, needed: Math.ceil(sizeBytes * FREE_SPACE_FACTOR) };
+}
+
 /**
  * Not terminal: the cache evicts old entries and operators free space, so a later retry can
  * succeed without any change to the object.
  */
 async function ensureFreeSpace(folder: string, sizeBytes: number, description: string): Promise<void> {
-  const { bavail, bsize } = await onDisk(folder, () => statfs(folder));
-  const free = bavail * bsize;
-  const needed = Math.ceil(sizeBytes * FREE_SPACE_FACTOR);
+  const { free, needed } = await freeSpace(folder, sizeBytes);
   if (free < needed)
     throw new PipelineError(
       DownloadReason.InsufficientCacheSpace,

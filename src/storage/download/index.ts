@@ -19,6 +19,7 @@ export {
   createDownloader,
   DEFAULT_SYNC_INTERVAL_BYTES,
   FREE_SPACE_FACTOR,
+  freeSpace,
   isPartialFile,
   PARTIAL_FILE_PREFIX,
 } from './download.ts';

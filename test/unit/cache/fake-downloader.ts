@@ -32,6 +32,8 @@ export class FakeDownloader implements Downloader {
   readonly signals: AbortSignal[] = [];
   /** When true, downloads wait for `finishHeld()` after writing half of the content. */
   hold = false;
+  /** Runs as a download starts (e.g. to see which files are in the cache folder then). */
+  beforeStart: () => void = () => {};
   /** Runs just before a download completes (e.g. to move a fake clock). */
   beforeFinish: () => void = () => {};
   #partialNumber = 0;
@@ -58,6 +60,7 @@ export class FakeDownloader implements Downloader {
     const { content } = this.#object(source.url);
     const { signal, destinationPath, onProgress } = options;
     this.downloads.push(source.url);
+    this.beforeStart();
     this.signals.push(signal);
     signal.throwIfAborted();
     const partial = join(dirname(destinationPath), `${PARTIAL_FILE_PREFIX}fake-${this.#partialNumber++}`);

@@ -202,7 +202,7 @@ describe('ImageCache lookups', () => {
 });
 
 describe('ImageCache limits', () => {
-  it('evicts the least recently used entry to make room, before downloading', async () => {
+  it('evicts the least recently used entry to make room, and removes its file', async () => {
     const [a, b, c, d] = [randomBytes(100), randomBytes(100), randomBytes(100), randomBytes(100)];
     downloader.put('s3://b/a', a);
     downloader.put('s3://b/b', b);
@@ -218,8 +218,33 @@ describe('ImageCache limits', () => {
       cache.list().map((entry) => entry.url),
       ['s3://b/d', 's3://b/a', 's3://b/c'],
     );
+    // With room on the disk, the download did not wait for the unlink.
+    await until(() => files().length === 3);
     assert.deepEqual(files(), [a, c, d].map(blobFile).sort());
     assert.equal(await use('s3://b/b'), false, 'b was evicted');
+  });
+
+  it('waits for the evicted files to go before downloading when the disk lacks the room they free', async () => {
+    const [a, b] = [randomBytes(200), randomBytes(200)];
+    downloader.put('s3://b/a', a);
+    downloader.put('s3://b/b', b);
+    const spaceAsked: number[] = [];
+    await openCache({
+      maxBytes: 300,
+      freeSpace: async (_dir, sizeBytes) => {
+        spaceAsked.push(sizeBytes);
+        return { free: 0, needed: sizeBytes };
+      },
+    });
+    await use('s3://b/a');
+    let filesAtStart: string[] = [];
+    downloader.beforeStart = () => {
+      filesAtStart = files();
+    };
+    await use('s3://b/b');
+    assert.deepEqual(spaceAsked, [200, 200]);
+    assert.deepEqual(filesAtStart, [], "a's file was gone before b's download began");
+    assert.deepEqual(files(), [blobFile(b)]);
   });
 
   it('refuses an image larger than the whole cache with a clear error, without downloading', async () => {
