@@ -261,7 +261,28 @@ async function provision(
   return { seconds: (at - started) / 1000, stages, object, cpu };
 }
 
-/** A fresh key per miss run: a server-side copy, so the node cache has never seen it. */
+/**
+ * A run's misses: images of the same kind and size as image.raw and image.qcow2, with new
+ * random content, so that the node's cache has never seen it. (A copy of one object would be
+ * a download of content the cache already holds, which it then throws away; and a bounded
+ * cache would never evict, as a node's cache at its limit does.)
+ */
+async function freshImages(
+  index: number,
+  client: Client = s3,
+): Promise<{ qcow2Key: string; rawKey: string }> {
+  const raw = join(workDir, 'fresh.raw');
+  const qcow2 = join(workDir, 'fresh.qcow2');
+  writeRawImage(raw, sizeMiB * MiB);
+  await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
+  const keys = { qcow2Key: `image.qcow2.run-${index}`, rawKey: `image.raw.run-${index}` };
+  await client.fPutObject('bench', keys.qcow2Key, qcow2);
+  await client.fPutObject('bench', keys.rawKey, raw);
+  for (const file of [raw, qcow2]) rmSync(file);
+  return keys;
+}
+
+/** A fresh key with an object's content, for a node whose cache has never seen it. */
 async function freshCopy(source: string, run: number, client: Client = s3): Promise<string> {
   const key = `${source}.run-${run}`;
   await client.copyObject('bench', key, `/bench/${source}`);
@@ -370,8 +391,8 @@ async function provisionInto(key: SampleKey, ...args: Parameters<typeof provisio
   await objects.delete(name);
   await objects.waitGone(name, 120_000);
 }
-/** Removes a run's copies of the images (see freshCopy), for the same reason. */
-const removeCopies = (keys: string[], client: Client = s3) => client.removeObjects('bench', keys);
+/** Removes a run's images (see freshImages), for the same reason. */
+const removeImages = (keys: string[], client: Client = s3) => client.removeObjects('bench', keys);
 /**
  * Bounds a measured node's image cache to a few images, so that each run's misses evict the
  * oldest ones, as a node's cache at its limit does, instead of filling the disk.
@@ -383,10 +404,9 @@ if (scenarios.has('speed')) {
   // The hits read image.qcow2 by its own URL: cache it first, unmeasured.
   await provision('image.qcow2', 'qcow2', sizeMiB * MiB);
   for (let index = 1; index <= runs; index += 1) {
-    // The baselines fetch the very objects our misses then fetch (MinIO's new copies are dirty
-    // in the page cache until the first settle()).
-    const qcow2Key = await freshCopy('image.qcow2', index);
-    const rawKey = await freshCopy('image.raw', index);
+    // The baselines fetch the very objects our misses then fetch (MinIO's new objects are
+    // dirty in the page cache until the first settle()).
+    const { qcow2Key, rawKey } = await freshImages(index);
     const curlQcow2 = await curl(await presigned(qcow2Key), downloaded, undefined, 'curl, qcow2');
     const convertQcow2 = await convert(downloaded, 'qcow2', converted, {
       afterCurl: true,
@@ -413,7 +433,7 @@ if (scenarios.has('speed')) {
     samples.rawBaseline.push(Math.max(curlRaw, convertRaw));
     samples.rawVerified.push(Math.max(await verifiedCurl(await presigned(rawKey), downloaded), convertRaw));
     await provisionInto('rawMiss', rawKey, 'raw', sizeMiB * MiB);
-    await removeCopies([qcow2Key, rawKey]);
+    await removeImages([qcow2Key, rawKey]);
     console.log(`speed: run ${index}/${runs} done`);
   }
   await controller.process.stop();
@@ -438,8 +458,7 @@ if (scenarios.has('network')) {
     region: 'us-east-1',
   });
   for (let index = 1; index <= runs; index += 1) {
-    const qcow2Key = await freshCopy('image.qcow2', 100 + index);
-    const rawKey = await freshCopy('image.raw', 100 + index);
+    const { qcow2Key, rawKey } = await freshImages(100 + index);
     samples.linkQcow2Baseline.push(
       (await curl(await presigned(qcow2Key, viaLink), downloaded)) +
         (await convert(downloaded, 'qcow2', converted, { afterCurl: true })),
@@ -448,7 +467,7 @@ if (scenarios.has('network')) {
     const curlRaw = await curl(await presigned(rawKey, viaLink), downloaded);
     samples.linkRawBaseline.push(Math.max(curlRaw, await convert(downloaded, 'raw', converted)));
     await provisionInto('linkRawMiss', rawKey, 'raw', sizeMiB * MiB);
-    await removeCopies([qcow2Key, rawKey]);
+    await removeImages([qcow2Key, rawKey]);
     console.log(`network: run ${index}/${runs} done`);
   }
   linkPeakRss = await peakRss(controller.process.pid);
@@ -468,8 +487,6 @@ if (scenarios.has('tls')) {
   });
   const tlsS3 = tlsMinio.client();
   await tlsS3.makeBucket('bench');
-  await tlsS3.fPutObject('bench', 'image.qcow2', qcow2Path);
-  await tlsS3.fPutObject('bench', 'image.raw', rawPath);
   await admin.makeApiClient(CoreV1Api).createNamespacedSecret({
     namespace: NAMESPACE,
     body: {
@@ -483,8 +500,7 @@ if (scenarios.has('tls')) {
   });
   const { controller } = await startNode('tls', tlsMinio.endpoint, boundedCache());
   for (let index = 1; index <= runs; index += 1) {
-    const qcow2Key = await freshCopy('image.qcow2', 200 + index, tlsS3);
-    const rawKey = await freshCopy('image.raw', 200 + index, tlsS3);
+    const { qcow2Key, rawKey } = await freshImages(200 + index, tlsS3);
     samples.tlsQcow2Baseline.push(
       (await curl(await presigned(qcow2Key, tlsS3), downloaded, certificate.ca)) +
         (await convert(downloaded, 'qcow2', converted, { afterCurl: true })),
@@ -493,7 +509,7 @@ if (scenarios.has('tls')) {
     const curlRaw = await curl(await presigned(rawKey, tlsS3), downloaded, certificate.ca);
     samples.tlsRawBaseline.push(Math.max(curlRaw, await convert(downloaded, 'raw', converted)));
     await provisionInto('tlsRawMiss', rawKey, 'raw', sizeMiB * MiB, 'minio-tls');
-    await removeCopies([qcow2Key, rawKey], tlsS3);
+    await removeImages([qcow2Key, rawKey], tlsS3);
     console.log(`tls: run ${index}/${runs} done`);
   }
   await controller.process.stop();
@@ -781,7 +797,7 @@ const verdict = (pass: boolean | undefined) => (pass === undefined ? '' : pass ?
 const lines = [`# Benchmark ${report.date}`, ''];
 if (speed.length > 0) {
   lines.push(
-    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller, with the bench's client keeping its API connections alive. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, a download that hashes what it fetches, as ours does, and the misses from a MinIO serving HTTPS.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s${linkRttMs > 0 ? ` and delays what passes either way by ${linkRttMs / 2} ms` : ''}, for curl and ours alike.` : ''}`,
+    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller, with the bench's client keeping its API connections alive. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. Each run's misses fetch new images (new random content), which the node's cache, bounded to 4 images, has never seen. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, a download that hashes what it fetches, as ours does, and the misses from a MinIO serving HTTPS.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s${linkRttMs > 0 ? ` and delays what passes either way by ${linkRttMs / 2} ms` : ''}, for curl and ours alike.` : ''}`,
     '',
     '| scenario | ours (s) | baseline (s) | baseline | ratio (runs) | target | result |',
     '| --- | --- | --- | --- | --- | --- | --- |',
