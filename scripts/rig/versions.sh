@@ -6,7 +6,7 @@ LVP_ETCD_VERSION=v3.6.14
 LVP_MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 LVP_HELM_VERSION=v3.21.4
 LVP_HADOLINT_VERSION=2.15.1
-LVP_DEBIAN_PACKAGES=(qemu-utils lvm2 busybox-static patchelf prometheus libvirt-clients curl openssl)
+LVP_DEBIAN_PACKAGES=(qemu-utils lvm2 busybox-static patchelf prometheus libvirt-clients curl openssl xfsprogs)
 # User-mode Linux comes from this suite, not bookworm (install-uml.sh says why); unstable keeps
 # no old versions, so the cache keeps whichever version it first fetched.
 LVP_UML_SUITE=sid

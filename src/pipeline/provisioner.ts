@@ -14,6 +14,7 @@ import {
   type Downloader,
   type DownloadSource,
   ddPageCache,
+  PARTIAL_FILE_PREFIX,
   type PageCache,
   type PartialFile,
   type SourceStat,
@@ -25,6 +26,7 @@ import { LvmVolumeManager } from '../storage/lvm/volumes.ts';
 import { inspectImage } from '../storage/qemu-img/inspect.ts';
 import { createQemuImg, type QemuImg } from '../storage/qemu-img/qemu-img.ts';
 import { rememberingInspections } from '../storage/qemu-img/remembered.ts';
+import { type FileCloner, reflinkCloner } from '../storage/reflink/reflink.ts';
 import { StateDatabase } from '../storage/state/database.ts';
 import { StageRateStore } from '../storage/state/stage-rates.ts';
 import { type Logger, redactUrlText } from '../telemetry/logger.ts';
@@ -69,6 +71,8 @@ export interface ProvisionerDeps {
   qemuImg: QemuImg;
   targets: { lvm: TargetBackend; file: TargetBackend };
   libvirt: LibvirtPools;
+  /** Clones cached raw images into file targets where the file system shares blocks (reflink). */
+  cloner?: FileCloner;
   clock?: Clock;
   /** Measured stage rates: read at the start of each job, fed after each conversion. */
   rates?: StageRateSource;
@@ -127,9 +131,14 @@ export class Provisioner implements Pipeline, CacheControl {
     const backend = this.#deps.targets[spec.target.type];
     // Checked alongside the stat, before a byte is downloaded: a volume that can never be
     // written (its name taken, no volume group) fails the job now, not after the download.
-    const [stat] = await Promise.all([
+    // A raw image into a file is cloned from the cache where the file system can (reflink):
+    // then nothing is written into the target while downloading, and nothing converted after.
+    const [stat, , cloning] = await Promise.all([
       imageStep('stat', () => this.#deps.downloader.stat(source, signal)),
       backend.check(request.uid, spec, sizeBytes),
+      spec.source.format === 'raw' && spec.target.type === 'file'
+        ? (this.#deps.cloner?.supported() ?? false)
+        : false,
     ]);
     // A lookup is a miss as soon as bytes flow, whether or not the download then succeeds.
     let looked = false;
@@ -145,7 +154,7 @@ export class Provisioner implements Pipeline, CacheControl {
     const whileDownloading = this.#deps.convertWhileDownloading ?? 'auto';
     const mirrorable =
       spec.source.format === 'raw'
-        ? stat.sizeBytes <= sizeBytes
+        ? stat.sizeBytes <= sizeBytes && !cloning
         : whileDownloading === 'auto' && spec.target.type === 'file';
     const early = mirrorable ? await prepare() : undefined;
     const mirror =
@@ -242,8 +251,9 @@ export class Provisioner implements Pipeline, CacheControl {
         ...(mirror ? { mirror } : {}),
         ...(streaming ? { onWritten: (partial: PartialFile) => streaming.written(partial) } : {}),
         onDownload: (own) => {
-          // This job's own download writes the target: it is the whole job, not a share.
-          if (own && mirror)
+          // This job's own download writes the target, or is all a clone needs: it is the
+          // whole job, not a share.
+          if (own && (mirror || cloning))
             tracker = new ProgressTracker({ clock, cacheHit: false, rates, writtenWhileDownloading: true });
           joined.onDownload(own);
         },
@@ -290,13 +300,21 @@ export class Provisioner implements Pipeline, CacheControl {
       }
       const { target } = preparation;
       const populate = { ...volume, 'volume.device_path': target.devicePath, 'image.path': entry.path };
-      if (mirrored || streamed) {
+      const cloner = cloning ? this.#deps.cloner : undefined;
+      const cloned =
+        cloner !== undefined &&
+        (await imageStep('convert', () => cloner.clone(entry.path, target.writePath)).catch(
+          async (error: unknown) => {
+            await target.discard();
+            throw error;
+          },
+        ));
+      if (mirrored || streamed || cloned) {
         onProgress(tracker.report('Finalizing', 0, 0));
-        await inSpan('PopulateVolume', { ...populate, 'volume.written_while_downloading': true }, () =>
-          target.commit(info.virtualSize),
-        );
+        const how = cloned ? { 'volume.cloned': true } : { 'volume.written_while_downloading': true };
+        await inSpan('PopulateVolume', { ...populate, ...how }, () => target.commit(info.virtualSize));
         await this.#refreshPool(spec.target.libvirtPool);
-        return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: false };
+        return { devicePath: target.devicePath, virtualSize: info.virtualSize, cacheHit: entry.hit };
       }
       onProgress(tracker.report('Converting', 0, info.virtualSize));
       await inSpan('PopulateVolume', populate, async () => {
@@ -511,5 +529,6 @@ export async function createPipeline(
       }),
     },
     libvirt: virshPools({ uri: config.libvirtUri }),
+    cloner: reflinkCloner(config.cacheDir, config.fileTargetDir, PARTIAL_FILE_PREFIX),
   });
 }

@@ -4,7 +4,6 @@
 // the qcow2 decoder's layouts in qcow2-mirror.test.ts.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -20,20 +19,11 @@ import { inJobSpan } from '../../src/telemetry/tracing.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { fileRequests, fileTargets, observedQemuImg, openNodeCache } from '../support/file-pipeline.ts';
+import { mixedImage, sha256 } from '../support/images.ts';
 import { residentBytes } from '../support/page-cache.ts';
 
 const MiB = 1024 * 1024;
 const BUCKET = 'images';
-const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
-
-/** 1 MiB stripes of random data and zeros, and an odd tail: like a real disk image. */
-function mixedImage(stripes: number): Buffer {
-  const parts: Buffer[] = [];
-  for (let stripe = 0; stripe < stripes; stripe += 1)
-    parts.push(stripe % 3 === 1 ? Buffer.alloc(MiB) : randomBytes(MiB));
-  parts.push(randomBytes(1000));
-  return Buffer.concat(parts);
-}
 
 // The jobs' spans, kept in memory: the twin test reads the structure of their traces.
 const spans = new tracing.InMemorySpanExporter();

@@ -30,3 +30,12 @@ export async function makeTestImage(dir: string, name: string, sizeMiB: number):
 }
 
 export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+/** 1 MiB stripes of random data and zeros (every third), and an odd tail: like a real disk image. */
+export function mixedImage(stripes: number): Buffer {
+  const parts: Buffer[] = [];
+  for (let stripe = 0; stripe < stripes; stripe += 1)
+    parts.push(stripe % 3 === 1 ? Buffer.alloc(MiB) : randomBytes(MiB));
+  parts.push(randomBytes(1000));
+  return Buffer.concat(parts);
+}

@@ -1,0 +1,37 @@
+// A real XFS file system with reflink (mkfs.xfs's default), on a loop device over a sparse
+// file: where the node cache can clone raw images into file targets. The machine's own file
+// system (ext4) cannot clone, so that side of the code runs only here.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface MountedFileSystem {
+  /** The mount point. */
+  readonly path: string;
+  /** Unmounts (lazily, should a file still be open) and detaches the loop device. */
+  unmount(): void;
+}
+
+/** Mounts a new XFS of `sizeBytes` (sparse) at `<workDir>/xfs`; needs root and loop devices. */
+export function mountXfs(workDir: string, sizeBytes: number): MountedFileSystem {
+  const image = join(workDir, 'xfs.img');
+  const path = join(workDir, 'xfs');
+  mkdirSync(path, { recursive: true });
+  writeFileSync(image, '');
+  truncateSync(image, sizeBytes);
+  const run = (command: string, args: string[]) => {
+    try {
+      execFileSync(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch (error) {
+      const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim();
+      throw new Error(`${command} ${args.join(' ')} failed: ${stderr || (error as Error).message}`);
+    }
+  };
+  run('mkfs.xfs', ['-q', '-m', 'reflink=1', image]);
+  run('mount', ['-o', 'loop', image, path]);
+  return {
+    path,
+    // mount -o loop set the loop device to detach itself once the file system is unmounted.
+    unmount: () => run('umount', ['-l', path]),
+  };
+}
