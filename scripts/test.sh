@@ -28,6 +28,13 @@ step "typecheck and lint"
 npm run -s typecheck
 npm run -s lint
 
+# A run that was killed may have left a test's file system (test/rig/xfs.ts) mounted inside
+# the rig folder: unmount it, or rm would empty it and then fail on the mount point.
+as_root=""
+[ "$(id -u)" -eq 0 ] || as_root="sudo -n"
+for mounted in $(findmnt -rn -o TARGET | grep -F "$LVP_RIG_DIR/" | sort -r || true); do
+  $as_root umount -l "$mounted"
+done
 rm -rf "$LVP_RIG_DIR"
 mkdir -p "$LVP_RIG_PID_DIR"
 
