@@ -4,7 +4,7 @@
 // summary to bench/results/. The controller runs as the container image runs it (dist/ with
 // the Dockerfile's node flags; scripts/bench.sh builds dist/ first).
 // Options: --size-mib N (default 512), --runs N (default 5), --only
-// speed,network,tls,memory,endurance,scale, --link-mbps N (default 200), --link-rtt-ms N (default
+// speed,network,tls,reflink,memory,endurance,scale, --link-mbps N (default 200), --link-rtt-ms N (default
 // 0), --endurance-jobs N (default 100), --scale-objects N (default 1000), --scale-nodes N
 // (default 50).
 import { execFile } from 'node:child_process';
@@ -32,6 +32,7 @@ import { startKubeControlPlane } from '../test/rig/kube.ts';
 import { startMinio } from '../test/rig/minio.ts';
 import { projectRoot } from '../test/rig/tools.ts';
 import { makeWorkDir } from '../test/rig/workdir.ts';
+import { type MountedFileSystem, mountXfs } from '../test/rig/xfs.ts';
 import {
   controllerDirs,
   controllerKubeconfig,
@@ -57,12 +58,14 @@ const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const NAMESPACE = 'bench';
 const NODE = 'bench-node';
+/** Every scenario, in the order they run; --only picks some. */
+const SCENARIOS = ['speed', 'network', 'tls', 'reflink', 'memory', 'endurance', 'scale'];
 
 const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '512' },
     runs: { type: 'string', default: '5' },
-    only: { type: 'string', default: 'speed,network,tls,memory,endurance,scale' },
+    only: { type: 'string', default: SCENARIOS.join(',') },
     'endurance-jobs': { type: 'string', default: '100' },
     'link-mbps': { type: 'string', default: '200' },
     'link-rtt-ms': { type: 'string', default: '0' },
@@ -84,9 +87,7 @@ if (
   sizeMiB < 8 ||
   !Number.isInteger(runs) ||
   runs < 1 ||
-  ![...scenarios].every((name) =>
-    ['speed', 'network', 'tls', 'memory', 'endurance', 'scale'].includes(name),
-  ) ||
+  ![...scenarios].every((name) => SCENARIOS.includes(name)) ||
   !Number.isInteger(enduranceJobs) ||
   enduranceJobs < 10 ||
   !(linkMBps > 0) ||
@@ -97,7 +98,7 @@ if (
   scaleObjects < scaleNodes
 ) {
   throw new Error(
-    'usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only speed,network,tls,memory,endurance,scale] [--link-mbps N>0] [--link-rtt-ms N>=0] [--endurance-jobs N>=10] [--scale-objects N] [--scale-nodes N<=objects]',
+    `usage: npm run bench -- [--size-mib N>=8] [--runs N>=1] [--only ${SCENARIOS.join(',')}] [--link-mbps N>0] [--link-rtt-ms N>=0] [--endurance-jobs N>=10] [--scale-objects N] [--scale-nodes N<=objects]`,
   );
 }
 
@@ -372,6 +373,10 @@ const samples = {
   tlsQcow2Baseline: [] as number[],
   tlsRawMiss: [] as number[],
   tlsRawBaseline: [] as number[],
+  reflinkRawMiss: [] as number[],
+  reflinkRawBaseline: [] as number[],
+  reflinkHit: [] as number[],
+  reflinkHitBaseline: [] as number[],
 };
 type SampleKey = keyof typeof samples;
 /** Per run of ours, the seconds spent in each stage (see provision). */
@@ -514,6 +519,48 @@ if (scenarios.has('tls')) {
   }
   await controller.process.stop();
   await tlsMinio.stop();
+}
+
+// Reflink: the raw miss and hit again with the node's cache and file targets on an XFS, where a
+// raw image is cloned from the cached copy (docs/conversion.md), and the baselines writing to
+// the same XFS. References: the XFS sits on a loop device over a file on this machine's disk,
+// so its writes pass through two file systems, and mounting it takes root.
+let reflinkUnavailable: string | undefined;
+if (scenarios.has('reflink')) {
+  let xfs: MountedFileSystem | undefined;
+  try {
+    // The bounded cache, a download and a converted copy, with room to spare.
+    xfs = mountXfs(join(workDir, 'reflink'), 8 * sizeMiB * MiB);
+  } catch (error) {
+    reflinkUnavailable = (error as Error).message;
+  }
+  if (xfs) {
+    const onXfs = (file: string) => join(xfs.path, file);
+    try {
+      // Its state and log stay on this machine's disk.
+      const { controller } = await startNode('reflink', minio.endpoint, {
+        ...boundedCache(),
+        LVP_CACHE_DIR: onXfs('cache'),
+        LVP_FILE_TARGET_DIR: onXfs('images'),
+      });
+      for (let index = 1; index <= runs; index += 1) {
+        const { qcow2Key, rawKey } = await freshImages(300 + index);
+        const curlRaw = await curl(await presigned(rawKey), onXfs('download'));
+        const convertRaw = await convert(onXfs('download'), 'raw', onXfs('converted.raw'));
+        samples.reflinkRawBaseline.push(Math.max(curlRaw, convertRaw));
+        await provisionInto('reflinkRawMiss', rawKey, 'raw', sizeMiB * MiB);
+        samples.reflinkHitBaseline.push(
+          await convert(onXfs('download'), 'raw', onXfs('converted.raw'), { cold: true }),
+        );
+        await provisionInto('reflinkHit', rawKey, 'raw', sizeMiB * MiB);
+        await removeImages([qcow2Key, rawKey]);
+        console.log(`reflink: run ${index}/${runs} done`);
+      }
+      await controller.process.stop();
+    } finally {
+      xfs.unmount();
+    }
+  }
 }
 
 // Memory: a fresh controller per image size, so each peak belongs to that size: a qcow2 miss
@@ -697,6 +744,18 @@ const rows: {
     baseline: 'tlsRawBaseline',
     baselineIs: 'max(curl (HTTPS), qemu-img convert (+sync))',
   },
+  {
+    scenario: 'cache miss, raw → file on XFS (cloned)',
+    ours: 'reflinkRawMiss',
+    baseline: 'reflinkRawBaseline',
+    baselineIs: 'max(curl, qemu-img convert (+sync)) on the same XFS',
+  },
+  {
+    scenario: 'cache hit, raw → file on XFS (cloned)',
+    ours: 'reflinkHit',
+    baseline: 'reflinkHitBaseline',
+    baselineIs: 'qemu-img convert (+sync) on the same XFS, source not in page cache',
+  },
 ];
 // The ratio is the median of each run's own ratio: ours and its baseline run back to back,
 // so a machine that slows down for a while slows both, where medians taken apart would not
@@ -789,6 +848,7 @@ const report = {
     ? {}
     : { endurance: { rssAfterJobs: endurance, peakRssMB: round(endurancePeakRss / 1e6, 1) } }),
   ...(linkPeakRss === undefined ? {} : { linkPeakRssMB: round(linkPeakRss / 1e6, 1) }),
+  ...(reflinkUnavailable === undefined ? {} : { reflinkUnavailable }),
   scale,
 };
 mkdirSync(join(projectRoot, 'bench/results'), { recursive: true });
@@ -797,7 +857,7 @@ const verdict = (pass: boolean | undefined) => (pass === undefined ? '' : pass ?
 const lines = [`# Benchmark ${report.date}`, ''];
 if (speed.length > 0) {
   lines.push(
-    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller, with the bench's client keeping its API connections alive. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. Each run's misses fetch new images (new random content), which the node's cache, bounded to 4 images, has never seen. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, a download that hashes what it fetches, as ours does, and the misses from a MinIO serving HTTPS.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s${linkRttMs > 0 ? ` and delays what passes either way by ${linkRttMs / 2} ms` : ''}, for curl and ours alike.` : ''}`,
+    `${sizeMiB} MiB image (40 % random, 20 % zeros, 40 % holes), medians of ${runs} runs; ours is create → Ready through the real controller, with the bench's client keeping its API connections alive. Every measurement starts after an untimed \`sync\`; in a miss's baseline the convert follows curl without one, so the downloaded file reaches the disk within the baseline's time, as our cached copy does within ours. Each run's misses fetch new images (new random content), which the node's cache, bounded to 4 images, has never seen. A ratio is the median of the runs' own ratios (ours against the baseline measured just before it), with their range. Rows without a target are references: qemu-img with the product's own options, a download that hashes what it fetches, as ours does, and the misses from a MinIO serving HTTPS${scenarios.has('reflink') ? ', and from an XFS on a loop device, where raw images are cloned from the cached copy' : ''}.${scenarios.has('network') ? ` Rows with a link have MinIO behind a proxy that gives each connection ${linkMBps} MB/s${linkRttMs > 0 ? ` and delays what passes either way by ${linkRttMs / 2} ms` : ''}, for curl and ours alike.` : ''}`,
     '',
     '| scenario | ours (s) | baseline (s) | baseline | ratio (runs) | target | result |',
     '| --- | --- | --- | --- | --- | --- | --- |',
@@ -850,6 +910,9 @@ if (endurancePeakRss !== undefined) {
     `Endurance (reference): one controller through ${enduranceJobs} misses in a row (${smallMiB} MiB images, qcow2 and raw in turn, each object deleted once Ready): RSS ${samples.map(({ jobs, rssMB }) => `${rssMB} MB after ${jobs}`).join(', ')}; peak ${round(endurancePeakRss / 1e6, 1)} MB.`,
     '',
   );
+}
+if (reflinkUnavailable !== undefined) {
+  lines.push(`Reflink: unavailable, no XFS could be mounted (${reflinkUnavailable}).`, '');
 }
 if (linkPeakRss !== undefined) {
   lines.push(
