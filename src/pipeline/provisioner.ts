@@ -309,6 +309,8 @@ export class Provisioner implements Pipeline, CacheControl {
             throw error;
           },
         ));
+      if (cloned)
+        options.logger?.info({ target: target.devicePath }, 'cloned the cached image into the target');
       if (mirrored || streamed || cloned) {
         onProgress(tracker.report('Finalizing', 0, 0));
         const how = cloned ? { 'volume.cloned': true } : { 'volume.written_while_downloading': true };

@@ -14,6 +14,7 @@ import type { ProgressReport } from '../../src/pipeline/types.ts';
 import { createDownloader, PARTIAL_FILE_PREFIX } from '../../src/storage/download/index.ts';
 import { virshPools } from '../../src/storage/libvirt/virsh.ts';
 import { reflinkCloner } from '../../src/storage/reflink/reflink.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { type MinioServer, startMinio } from '../rig/minio.ts';
 import { makeWorkDir } from '../rig/workdir.ts';
 import { type MountedFileSystem, mountXfs } from '../rig/xfs.ts';
@@ -80,6 +81,9 @@ describe('raw images cloned from the node cache (XFS with reflink)', { timeout: 
   });
 
   const request = fileRequests();
+  /** The jobs' log lines, as the controller writes them. */
+  const logLines: string[] = [];
+  const logger = createLogger({ level: 'info', destination: { write: (line) => logLines.push(line) } });
   const provision = async (volumeName: string) => {
     const progress: ProgressReport[] = [];
     const result = await provisioner.provision(
@@ -91,7 +95,7 @@ describe('raw images cloned from the node cache (XFS with reflink)', { timeout: 
         sizeBytes: 32 * MiB,
         credentials: { accessKeyId: minio.accessKey, secretKey: minio.secretKey },
       }),
-      { signal: new AbortController().signal, onProgress: (report) => progress.push(report) },
+      { signal: new AbortController().signal, logger, onProgress: (report) => progress.push(report) },
     );
     return { result, stages: [...new Set(progress.map((report) => report.stage))] };
   };
@@ -126,6 +130,12 @@ describe('raw images cloned from the node cache (XFS with reflink)', { timeout: 
     assert.deepEqual(stages, ['Initializing', 'Downloading', 'Finalizing']);
     assert.deepEqual(conversions, []);
     assertClonedFromCache('miss.img');
+    const cloned = logLines.map((line) => JSON.parse(line)).filter((line) => /^cloned/.test(line.message));
+    assert.deepEqual(
+      cloned.map((line) => [line.message, line.target]),
+      [['cloned the cached image into the target', join(targetDir, 'miss.img')]],
+      'the job says so in its log',
+    );
   });
 
   it('clones a raw cache hit the same way', async () => {
