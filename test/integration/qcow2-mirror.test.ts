@@ -148,8 +148,13 @@ describe('qcow2 images decoded into a file target as they download', { timeout: 
       },
     };
     const { mirrored, target } = await feed(image, MiB, { pageCache, syncIntervalBytes: 64 * MiB });
-    const noFlush = setTimeout(30_000).then(() => assert.fail('no flush began before finish()'));
+    const waiting = new AbortController();
+    const noFlush = setTimeout(30_000, undefined, { signal: waiting.signal }).then(
+      () => assert.fail('no flush began before finish()'),
+      () => {}, // Cancelled below: the flush began.
+    );
     await Promise.race([firstFlush, noFlush]);
+    waiting.abort();
     assert.equal(await mirrored.finish(image), true);
     assert.equal(evictions, 1, 'finish() waited for the flush begun at the last byte and added none');
     assertSameAsQemuImg({ complete: true, detached: [], target }, image);
